@@ -1,0 +1,59 @@
+"""``torch.distributed`` helpers: one code path for 1 process, torchrun on CPU (gloo) or GPUs (nccl).
+
+Ranks are read from the environment torchrun sets; there is no coordinator of our own.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence, TypeVar
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["rank", "world_size", "is_main", "init_distributed", "shard_items", "barrier"]
+
+T = TypeVar("T")
+
+
+def rank() -> int:
+    """This process's global rank (0 when not distributed)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", 0))
+
+
+def world_size() -> int:
+    """Number of processes (1 when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main() -> bool:
+    """True on rank 0: the process that prints summaries and writes shared files."""
+    return rank() == 0
+
+
+def init_distributed(backend: str | None = None) -> bool:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); returns True if joined.
+
+    The backend defaults to nccl when CUDA is available, else gloo (CPU).
+    """
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def shard_items(items: Sequence[T], rank_: int | None = None, world: int | None = None) -> list[T]:
+    """The items this rank owns: every ``world``-th item starting at ``rank`` (covers all exactly once)."""
+    r = rank() if rank_ is None else rank_
+    w = world_size() if world is None else world
+    return list(items[r::w])
+
+
+def barrier() -> None:
+    """Wait for all ranks (no-op when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
