@@ -1,0 +1,43 @@
+"""openmusk: MUSK, the vision-language foundation model for pathology, open and complete.
+
+>>> import openmusk
+>>> model = openmusk.create_model(pretrained="hf_hub:xiangjx/musk")
+>>> tokenizer, transform = openmusk.get_tokenizer(), openmusk.get_transform()
+
+The model API is imported at once; task packages load when first used, so ``import openmusk``
+stays light.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .model import (CONFIGS, DEFAULT_WEIGHTS, CheckpointMismatchError, Musk, MuskConfig,
+                    WeightsNotFoundError, config_from_checkpoint, create_model, get_config,
+                    list_configs, load_checkpoint, resolve_weights, save_checkpoint, weights_available)
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it, imported on first access (PEP 562)
+_LAZY = {
+    "get_tokenizer": "openmusk.text.tokenizer",
+    "MuskTokenizer": "openmusk.text.tokenizer",
+    "get_transform": "openmusk.data.transforms",
+}
+
+__all__ = ["CONFIGS", "DEFAULT_WEIGHTS", "CheckpointMismatchError", "Musk", "MuskConfig",
+           "WeightsNotFoundError", "config_from_checkpoint", "create_model", "get_config",
+           "list_configs", "load_checkpoint", "resolve_weights", "save_checkpoint",
+           "weights_available", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'openmusk' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
