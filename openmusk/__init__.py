@@ -10,6 +10,7 @@ stays light.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 from .model import (CONFIGS, DEFAULT_WEIGHTS, CheckpointMismatchError, Musk, MuskConfig,
@@ -23,12 +24,18 @@ _LAZY = {
     "get_tokenizer": "openmusk.text.tokenizer",
     "MuskTokenizer": "openmusk.text.tokenizer",
     "get_transform": "openmusk.data.transforms",
+    "MuskTransform": "openmusk.data.transforms",
+    "register_timm": "openmusk.model.timm_registry",
 }
 
 __all__ = ["CONFIGS", "DEFAULT_WEIGHTS", "CheckpointMismatchError", "Musk", "MuskConfig",
            "WeightsNotFoundError", "config_from_checkpoint", "create_model", "get_config",
            "list_configs", "load_checkpoint", "resolve_weights", "save_checkpoint",
            "weights_available", *_LAZY]
+
+
+if "timm" in sys.modules:  # timm already imported by the user: make our names creatable there
+    importlib.import_module("openmusk.model.timm_registry").register_timm()
 
 
 def __getattr__(name: str) -> Any:
