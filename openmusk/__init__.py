@@ -26,7 +26,23 @@ _LAZY = {
     "get_transform": "openmusk.data.transforms",
     "MuskTransform": "openmusk.data.transforms",
     "register_timm": "openmusk.model.timm_registry",
+    # whole slides
+    "open_slide": "openmusk.slide.reader",
+    "Slide": "openmusk.slide.reader",
+    "segment_tissue": "openmusk.slide.tissue",
+    "ExtractConfig": "openmusk.slide.extract",
+    "extract_features": "openmusk.slide.extract",
+    "read_features": "openmusk.slide.extract",
+    "draw_heatmap": "openmusk.slide.heatmap",
+    "heatmap_from_features": "openmusk.slide.heatmap",
+    "run_demo": "openmusk.slide.demo",
+    # slide-level outcome models
+    "MilConfig": "openmusk.mil.config",
+    "ABMIL": "openmusk.mil.models",
+    "TransMIL": "openmusk.mil.models",
 }
+# task packages, imported on first access: openmusk.eval, openmusk.mil, openmusk.pretrain ...
+_SUBPACKAGES = ("eval", "slide", "mil", "pretrain", "text", "data", "stats", "optim", "dist", "io")
 
 __all__ = ["CONFIGS", "DEFAULT_WEIGHTS", "CheckpointMismatchError", "Musk", "MuskConfig",
            "WeightsNotFoundError", "config_from_checkpoint", "create_model", "get_config",
@@ -43,8 +59,10 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"openmusk.{name}")
     raise AttributeError(f"module 'openmusk' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBPACKAGES))

@@ -10,7 +10,8 @@ from typing import Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
-__all__ = ["rank", "world_size", "is_main", "init_distributed", "shard_items", "barrier"]
+__all__ = ["rank", "world_size", "is_main", "init_distributed", "shard_items", "barrier",
+           "all_gather_with_grad", "all_reduce_sum"]
 
 T = TypeVar("T")
 
@@ -57,3 +58,40 @@ def barrier() -> None:
     """Wait for all ranks (no-op when not distributed)."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward hands each rank the summed gradient of its own slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.n = dist.get_rank(), x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` (equal shapes) from all ranks in rank order, keeping the gradient path.
+
+    Used by the contrastive loss so that every rank's features act as negatives for every other
+    rank. Identity when not distributed.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return _AllGatherWithGrad.apply(x)
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum of a (non-differentiable) tensor over ranks; ``x`` itself when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x

@@ -7,7 +7,7 @@ import sys
 
 # Each module defines ``register(subparsers)``; heavy imports stay inside the command handlers so
 # that ``openmusk --help`` answers at once.
-COMMAND_MODULES = ("openmusk.cli.model",)
+COMMAND_MODULES = ("openmusk.cli.model", "openmusk.cli.slide", "openmusk.cli.demo", "openmusk.cli.eval", "openmusk.cli.mil", "openmusk.cli.vqa", "openmusk.cli.mstar", "openmusk.cli.pretrain")
 
 DESCRIPTION = """\
 openmusk: the MUSK vision-language foundation model for pathology (Xiang et al., Nature 2025).

@@ -1,0 +1,113 @@
+"""``openmusk eval run|report|datasets``: the patch-level benchmarks from the command line."""
+from __future__ import annotations
+
+import argparse
+
+from . import CliError
+
+RUN_HELP = """\
+Run a benchmark grid (models x datasets x tasks) described by a YAML file, e.g.
+
+  output_dir: results
+  models:
+    - {name: musk, kind: musk, pretrained: "hf_hub:xiangjx/musk"}
+  datasets:
+    - {spec: unitopatho, root: /data/unitopatho}
+    - {spec: pcam, root: /data/pcam, tasks: [zeroshot, linear_probe, few_shot]}
+
+Tasks: zeroshot, retrieval (image<->text Recall@k), image_retrieval (Acc@k, mMV@k, mAP@k),
+linear_probe, few_shot, knn (default: the tasks the paper ran on each dataset). Each result is
+written to OUTPUT_DIR/<model>/<dataset>/<task>.json; rerunning skips finished cells. Features are
+cached in HDF5 under OUTPUT_DIR/features. Model kinds: musk, open_clip, timm, factory
+(factory: 'module:function' returning an encoder). See `openmusk eval datasets` for the specs.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval", help="patch-level benchmarks: zero-shot, retrieval, probes, reports",
+                        description="Patch-level benchmarks of the MUSK paper, for MUSK and any other "
+                                    "encoder, with 95% bootstrap confidence intervals.")
+    esub = ev.add_subparsers(dest="eval_command", metavar="ACTION", required=True)
+
+    run = esub.add_parser("run", help="run a benchmark grid from a YAML config",
+                          description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("config", help="run YAML (models, datasets, settings)")
+    run.add_argument("--device", default=None, help="override the config's device (cpu, cuda, ...)")
+    run.add_argument("--workers", type=int, default=None, help="override DataLoader workers")
+    run.add_argument("--batch-size", type=int, default=None, help="override the batch size")
+    run.add_argument("--n-resamples", type=int, default=None,
+                     help="override bootstrap resamples (paper: 1000)")
+    run.set_defaults(func=_run)
+
+    rep = esub.add_parser("report", help="table + markdown/HTML report with bar charts",
+                          description="Print a table of every result under RESULTS_DIR and write "
+                                      "report.md, report.html and figures/*.png (bars with 95% CI "
+                                      "error bars; paired tests of each model against the first).")
+    rep.add_argument("results_dir", help="the output_dir of `openmusk eval run`")
+    rep.add_argument("--out", default=None, help="where to write the report (default: RESULTS_DIR)")
+    rep.add_argument("--n-resamples", type=int, default=1000,
+                     help="bootstrap resamples for the paired tests (default: %(default)s)")
+    rep.set_defaults(func=_report)
+
+    ds = esub.add_parser("datasets", help="list the built-in dataset specs",
+                         description="List the dataset specs shipped with openmusk (classes, prompt "
+                                     "templates and expected file layout); pass a name for details.")
+    ds.add_argument("name", nargs="?", help="show one spec in full")
+    ds.set_defaults(func=_datasets)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from openmusk.eval.config import load_eval_config
+    from openmusk.eval.runner import run_eval
+
+    try:
+        cfg = load_eval_config(args.config)
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(str(e)) from None
+    for attr, value in (("device", args.device), ("num_workers", args.workers),
+                        ("batch_size", args.batch_size), ("n_resamples", args.n_resamples)):
+        if value is not None:
+            setattr(cfg, attr, value)
+    try:
+        summary = run_eval(cfg)
+    except KeyError as e:
+        raise CliError(str(e).strip("'\"")) from None
+    print(f"{len(summary['done'])} cells computed, {len(summary['skipped'])} already done, "
+          f"{len(summary['not_applicable'])} not applicable, {len(summary['failed'])} failed; "
+          f"results in {cfg.output_dir}")
+    for f in summary["failed"]:
+        print(f"  failed: {f['cell']}: {f['error']}")
+    return 1 if summary["failed"] else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from openmusk.eval.report import format_table, load_results, results_rows, write_report
+
+    try:
+        rows = results_rows(load_results(args.results_dir))
+        paths = write_report(args.results_dir, args.out, n_resamples=args.n_resamples)
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(str(e)) from None
+    print(format_table(rows))
+    print(f"\nreport: {paths['markdown']}  {paths['html']}  figures: {paths['figures']}")
+    return 0
+
+
+def _datasets(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import yaml
+
+    from openmusk.eval.specs import get_dataset_spec, list_dataset_specs
+
+    if args.name:
+        try:
+            spec = get_dataset_spec(args.name)
+        except (KeyError, ValueError, FileNotFoundError) as e:
+            raise CliError(str(e).strip("'\"")) from None
+        print(yaml.safe_dump(dataclasses.asdict(spec), sort_keys=False, width=100))
+        return 0
+    for name in list_dataset_specs():
+        s = get_dataset_spec(name)
+        print(f"{name:<12} {s.format:<8} {len(s.classes):>2} classes  tasks: {', '.join(s.tasks)}")
+    return 0

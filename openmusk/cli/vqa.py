@@ -1,0 +1,203 @@
+"""``openmusk vqa``: fine-tune MUSK for visual question answering, evaluate, compare, ask."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from . import CliError
+
+_TRAIN_HELP = """\
+Fine-tune MUSK for VQA the BEiT-3 way (image + question fused through the multiway transformer,
+CLS pooler, MLP over the answer vocabulary, cross-entropy). CONFIG.yaml's keys are the fields of
+openmusk.eval.vqa.VQATrainConfig, for example:
+
+  data: path-vqa/data          # PathVQA parquet folder (train/validation/test files) or JSONL/CSV
+  out_dir: runs/pathvqa
+  weights: hf_hub:xiangjx/musk # null for random initialisation
+  epochs: 10
+  batch_size: 16
+  accum_steps: 8
+  lr: 2.0e-5
+  freeze: full                 # full | last_k | heads
+  bf16: true
+
+Writes OUT_DIR/model.safetensors (backbone), vqa_head.safetensors, answers.json, history.json.
+An interrupted run started again with the same config resumes after its last finished epoch.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    vqa = sub.add_parser("vqa", help="visual question answering: train, eval, compare, ask",
+                         description="Visual question answering on pathology images (PathVQA) with "
+                                     "a fine-tuned MUSK.")
+    vsub = vqa.add_subparsers(dest="vqa_command", metavar="ACTION", required=True)
+
+    tr = vsub.add_parser("train", help="fine-tune on a VQA dataset from a YAML config",
+                         description=_TRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("config", help="YAML file with VQATrainConfig keys")
+    tr.add_argument("--out-dir", help="override out_dir of the config")
+    tr.set_defaults(func=_train)
+
+    ev = vsub.add_parser("eval", help="accuracy (overall / yes-no / open, 95%% CI) and predictions",
+                         description="Evaluate a VQA checkpoint: exact-match accuracy after VQA answer "
+                                     "normalisation, overall and on closed (yes/no) and open questions, "
+                                     "each with a bootstrap 95% CI; writes per-question predictions.")
+    ev.add_argument("model", help="VQA checkpoint folder written by `openmusk vqa train`")
+    ev.add_argument("data", help="PathVQA parquet (file or folder) or JSONL/CSV table")
+    ev.add_argument("--split", default="test", help="split to evaluate (default: %(default)s)")
+    ev.add_argument("--image-root", help="base folder for relative image paths of a table")
+    ev.add_argument("--predictions", help="per-question predictions file (.csv or .jsonl)")
+    ev.add_argument("--metrics", help="write the metrics as JSON here")
+    ev.add_argument("--compare", help="predictions file of another run: Mann-Whitney U on per-question "
+                                      "correctness (needs --predictions)")
+    ev.add_argument("--plot", help="bar chart of the accuracies with 95%% CIs (.png/.pdf)")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")
+    ev.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the CIs")
+    ev.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: %(default)s)")
+    ev.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    ev.set_defaults(func=_eval)
+
+    cp = vsub.add_parser("compare", help="compare two runs' predictions (Mann-Whitney U)",
+                         description="Accuracies of two prediction files on their shared questions and "
+                                     "a two-sided Mann-Whitney U test on per-question correctness, "
+                                     "overall and on closed / open questions.")
+    cp.add_argument("a", help="predictions of run A (.csv or .jsonl)")
+    cp.add_argument("b", help="predictions of run B")
+    cp.add_argument("--out", help="write the comparison as JSON here")
+    cp.add_argument("--plot", help="bar chart of both runs' accuracies with 95%% CIs (.png/.pdf)")
+    cp.set_defaults(func=_compare)
+
+    ask = vsub.add_parser("ask", help="answer a question about one image",
+                          description="Print the most probable answers (softmax over the answer "
+                                      "vocabulary) to QUESTION about IMAGE.")
+    ask.add_argument("image", help="an image file (resized and centre-cropped to the model size)")
+    ask.add_argument("question", help='e.g. "is there tumour in this image?"')
+    ask.add_argument("--model", required=True, help="VQA checkpoint folder")
+    ask.add_argument("--topk", type=int, default=5)
+    ask.add_argument("--device", default="auto")
+    ask.set_defaults(func=_ask)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def _predictor(folder: str, device: str, bf16: bool = False):
+    from openmusk.eval.vqa import VQAPredictor
+
+    try:
+        return VQAPredictor.from_pretrained(folder, device=_device(device), bf16=bf16)
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(str(e)) from e
+
+
+def _print_accuracy(acc: dict) -> None:
+    for name in ("overall", "closed", "open"):
+        if name in acc:
+            e = acc[name]
+            print(f"  {name:8s} {100 * e['value']:6.2f}%  95% CI [{100 * e['low']:.2f}, "
+                  f"{100 * e['high']:.2f}]  n={e['n']}")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from openmusk.eval.vqa import VQATrainConfig, train_vqa
+
+    try:
+        config = VQATrainConfig.from_yaml(args.config)
+    except (OSError, ValueError, TypeError) as e:
+        raise CliError(str(e)) from e
+    if args.out_dir:
+        config.out_dir = args.out_dir
+    try:
+        summary = train_vqa(config)
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(str(e)) from e
+    last = summary["history"][-1] if summary["history"] else {}
+    print(f"trained {len(summary['history'])} epochs on {summary['train_questions']} questions, "
+          f"{summary['answers']} answers; last epoch: {json.dumps(last)}")
+    if summary["skipped"]:
+        print(f"skipped {len(summary['skipped'])} unreadable items (see {config.out_dir}/history.json)")
+    print(f"checkpoint: {config.out_dir}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from openmusk.eval.vqa import compare_predictions, open_vqa, read_predictions
+    from openmusk.io import write_json
+
+    if args.compare and not args.predictions:
+        raise CliError("--compare needs --predictions (this run's per-question file)")
+    predictor = _predictor(args.model, args.device, args.bf16)
+    try:
+        data = open_vqa(args.data, split=args.split, image_root=args.image_root)
+        result = predictor.evaluate(data, predictions=args.predictions, batch_size=args.batch_size,
+                                    num_workers=args.workers, n_resamples=args.resamples)
+    except (FileNotFoundError, ValueError) as e:
+        raise CliError(str(e)) from e
+    print(f"{args.split}: {result['questions']} questions on {result['images']} images "
+          f"(answers in vocabulary: {100 * result['answer_coverage']:.1f}%)")
+    _print_accuracy(result["accuracy"])
+    for msg in result["skipped"]:
+        print(f"  skipped: {msg}")
+    if args.compare:
+        result["comparison"] = compare_predictions(read_predictions(args.predictions),
+                                                   read_predictions(args.compare))
+        _print_comparison(result["comparison"], args.predictions, args.compare)
+    if args.metrics:
+        write_json(args.metrics, result)
+    if args.plot:
+        from openmusk.eval.vqa.plots import plot_accuracies
+
+        runs = {Path(args.model).name: result["accuracy"]}
+        if args.compare:
+            runs[Path(args.compare).stem] = {k: v["b"] for k, v in result["comparison"].items()
+                                             if isinstance(v, dict) and "b" in v}
+        plot_accuracies(runs, args.plot)
+    return 0
+
+
+def _print_comparison(c: dict, a: str, b: str) -> None:
+    print(f"A = {a}\nB = {b}\n{c['questions']} shared questions")
+    for name in ("overall", "closed", "open"):
+        if name in c:
+            r = c[name]
+            print(f"  {name:8s} A {100 * r['a']['value']:6.2f}%  B {100 * r['b']['value']:6.2f}%  "
+                  f"Mann-Whitney U={r['statistic']:.1f} p={r['p_value']:.3g}")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from openmusk.eval.vqa import compare_predictions, read_predictions
+    from openmusk.io import write_json
+
+    try:
+        c = compare_predictions(read_predictions(args.a), read_predictions(args.b))
+    except (OSError, ValueError) as e:
+        raise CliError(str(e)) from e
+    _print_comparison(c, args.a, args.b)
+    if args.out:
+        write_json(args.out, c)
+    if args.plot:
+        from openmusk.eval.vqa.plots import plot_accuracies
+
+        plot_accuracies({Path(run).stem: {k: v[side] for k, v in c.items()
+                                          if isinstance(v, dict) and side in v}
+                         for run, side in ((args.a, "a"), (args.b, "b"))}, args.plot)
+    return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
+    if not Path(args.image).is_file():
+        raise CliError(f"image not found: {args.image}")
+    predictor = _predictor(args.model, args.device)
+    try:
+        answers = predictor.ask(args.image, args.question, topk=args.topk)
+    except OSError as e:
+        raise CliError(f"{args.image}: cannot read image ({e})") from e
+    print(f"Q: {args.question}")
+    for answer, p in answers:
+        print(f"  {p:6.3f}  {answer}")
+    return 0

@@ -1,0 +1,49 @@
+"""Patch-level benchmarks: zero-shot classification, cross-modal and image retrieval, linear,
+few-shot and kNN probes, with bootstrap confidence intervals, model comparisons and reports.
+
+>>> from openmusk.eval import load_eval_config, run_eval, write_report
+>>> run_eval(load_eval_config("bench.yaml")); write_report("eval_results")
+
+Names load on first use, so importing this package stays light; ``openmusk.eval.vqa`` is a
+separate subpackage and is never imported from here.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "DatasetSpec": "openmusk.eval.specs", "get_dataset_spec": "openmusk.eval.specs",
+    "list_dataset_specs": "openmusk.eval.specs", "load_dataset_spec": "openmusk.eval.specs",
+    "build_dataset": "openmusk.eval.specs",
+    "Encoder": "openmusk.eval.encoders", "MuskEncoder": "openmusk.eval.encoders",
+    "CallableEncoder": "openmusk.eval.encoders", "OpenClipEncoder": "openmusk.eval.encoders",
+    "TimmEncoder": "openmusk.eval.encoders", "musk_encoder": "openmusk.eval.encoders",
+    "open_clip_encoder": "openmusk.eval.encoders", "timm_encoder": "openmusk.eval.encoders",
+    "FeatureSet": "openmusk.eval.features", "extract_features": "openmusk.eval.features",
+    "cached_features": "openmusk.eval.features", "encode_texts": "openmusk.eval.features",
+    "zero_shot_weights": "openmusk.eval.tasks", "zero_shot_classification": "openmusk.eval.tasks",
+    "cross_modal_retrieval": "openmusk.eval.tasks", "image_retrieval": "openmusk.eval.tasks",
+    "linear_probe": "openmusk.eval.tasks", "few_shot": "openmusk.eval.tasks",
+    "knn_probe": "openmusk.eval.tasks",
+    "compare_results": "openmusk.eval.compare",
+    "EvalConfig": "openmusk.eval.config", "ModelEntry": "openmusk.eval.config",
+    "DatasetEntry": "openmusk.eval.config", "load_eval_config": "openmusk.eval.config",
+    "run_eval": "openmusk.eval.runner",
+    "load_results": "openmusk.eval.report", "write_report": "openmusk.eval.report",
+    "format_table": "openmusk.eval.report", "results_rows": "openmusk.eval.report",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'openmusk.eval' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,140 @@
+"""Dataset specs: class names, prompt templates, splits and file layout of a benchmark dataset.
+
+The paper's datasets ship as YAML files in ``openmusk/eval/registry/`` (``get_dataset_spec("pcam")``);
+a user describes a new one in a YAML file with the same keys (``load_dataset_spec("my.yaml")``).
+:func:`build_dataset` turns a spec + a root folder + a split into a dataset from
+:mod:`openmusk.data.datasets`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+__all__ = ["DatasetSpec", "get_dataset_spec", "list_dataset_specs", "load_dataset_spec",
+           "build_dataset", "REGISTRY_DIR", "FORMATS", "TASKS"]
+
+REGISTRY_DIR = Path(__file__).with_name("registry")
+FORMATS = ("folder", "csv", "shards", "parquet")
+TASKS = ("zeroshot", "retrieval", "image_retrieval", "linear_probe", "few_shot", "knn")
+
+
+@dataclass
+class DatasetSpec:
+    """How to read one benchmark dataset and talk about its classes; fields are the YAML keys."""
+
+    name: str
+    format: str = "folder"
+    classes: list[str] = field(default_factory=list)
+    templates: list[str] = field(default_factory=lambda: ["{c}"])
+    label_map: dict[str, int] = field(default_factory=dict)
+    splits: dict[str, str] = field(default_factory=dict)
+    path: str = ""
+    split_column: str | None = None
+    image_column: str = "image"
+    label_column: str | None = "label"
+    caption_column: str | None = None
+    tasks: list[str] = field(default_factory=list)
+    description: str = ""
+    reference: str = ""
+
+    def __post_init__(self) -> None:
+        where = f"dataset spec {self.name!r}"
+        if self.format not in FORMATS:
+            raise ValueError(f"{where}: format {self.format!r} is not one of {FORMATS}")
+        bad = [t for t in self.tasks if t not in TASKS]
+        if bad:
+            raise ValueError(f"{where}: unknown task(s) {bad}; known: {TASKS}")
+        if any("{c}" not in t for t in self.templates):
+            raise ValueError(f"{where}: every template needs a '{{c}}' placeholder: {self.templates}")
+        out_of_range = {k: v for k, v in self.label_map.items()
+                        if self.classes and not 0 <= int(v) < len(self.classes)}
+        if out_of_range:
+            raise ValueError(f"{where}: label_map values {out_of_range} are outside the "
+                             f"{len(self.classes)} classes")
+        self.label_map = {str(k): int(v) for k, v in self.label_map.items()}
+
+    def prompts(self, class_index: int) -> list[str]:
+        """The prompt ensemble of one class: every template filled with its name."""
+        return [t.replace("{c}", self.classes[class_index]) for t in self.templates]
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "dataset spec") -> "DatasetSpec":
+        """Build from a mapping with exactly the dataclass's keys; unknown keys are an error."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        if "name" not in d:
+            raise ValueError(f"{where}: 'name' is required")
+        return cls(**d)
+
+
+def load_dataset_spec(path: str | os.PathLike) -> DatasetSpec:
+    """Read a spec from a YAML file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from e
+    return DatasetSpec.from_dict(data, where=str(path))
+
+
+def list_dataset_specs() -> list[str]:
+    """Names of the built-in specs."""
+    return sorted(p.stem for p in REGISTRY_DIR.glob("*.yaml"))
+
+
+def get_dataset_spec(name_or_path: str | os.PathLike) -> DatasetSpec:
+    """A built-in spec by name, or a user spec from a ``.yaml`` path."""
+    s = os.fspath(name_or_path)
+    if s.endswith((".yaml", ".yml")):
+        return load_dataset_spec(s)
+    p = REGISTRY_DIR / f"{s}.yaml"
+    if not p.is_file():
+        raise KeyError(f"no dataset spec named {s!r}; built-in: {', '.join(list_dataset_specs())} "
+                       "(or give a path to your own .yaml)")
+    return load_dataset_spec(p)
+
+
+def build_dataset(spec: DatasetSpec, root: str | os.PathLike, split: str | None = None,
+                  transform: Callable | None = None):
+    """Open ``spec``'s data under ``root`` for one split (or the whole set when ``split`` is None)."""
+    from openmusk.data import datasets as D
+
+    root = Path(root)
+    if split is not None and split in spec.splits:
+        location, split_filter = root / spec.splits[split], None
+    elif split is not None and spec.split_column:
+        location, split_filter = root / spec.path, split
+    elif split is None or (not spec.splits and not spec.split_column):
+        location, split_filter = root / spec.path, None
+    else:
+        raise ValueError(f"dataset spec {spec.name!r} has no split {split!r}; splits: "
+                         f"{sorted(spec.splits) or '(by column ' + str(spec.split_column) + ')'}")
+    classes = spec.classes or None
+    lm = spec.label_map or None
+    if spec.format == "folder":
+        ds = D.ImageFolderDataset(location, classes=classes, transform=transform, label_map=lm)
+    elif spec.format == "csv":
+        ds = D.CsvDataset(location, root=root, image_column=spec.image_column,
+                          label_column=spec.label_column, caption_column=spec.caption_column,
+                          classes=classes, transform=transform, split_column=spec.split_column,
+                          split=split_filter, label_map=lm)
+    elif spec.format == "shards":
+        ds = D.ShardDataset(location, classes=classes, transform=transform,
+                            label_ext="cls" if spec.label_column else None,
+                            caption_ext="txt" if spec.caption_column else None, label_map=lm)
+    else:
+        ds = D.ParquetDataset(location, image_column=spec.image_column,
+                              label_column=spec.label_column, caption_column=spec.caption_column,
+                              classes=classes, transform=transform, label_map=lm,
+                              split_column=spec.split_column, split=split_filter)
+    ds.name = spec.name
+    return ds

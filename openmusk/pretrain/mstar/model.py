@@ -1,0 +1,212 @@
+"""The mSTAR stage-1 model: slide aggregator + projections into one space shared with reports and RNA.
+
+``MstarModel`` owns the trainable parts (an ``openmusk.mil`` aggregator, the slide / report
+projections, the RNA encoder, the temperature); ``ReportEncoder`` runs reports through MUSK's
+language side; ``aggregator_tokens`` gives the aggregator's per-patch output tokens, the targets
+of stage 2. ``MstarPretrained`` reloads everything stage 1 wrote.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openmusk.mil.models import ABMIL, MeanPool, TransMIL, build_aggregator
+from openmusk.pretrain.mstar.rna import RnaEncoder, RnaPreprocessor
+
+__all__ = ["MstarArch", "MstarModel", "ReportEncoder", "aggregator_tokens", "MstarPretrained",
+           "STAGE1_WEIGHTS", "AGGREGATOR_WEIGHTS"]
+
+STAGE1_WEIGHTS = "mstar_stage1.safetensors"
+AGGREGATOR_WEIGHTS = "aggregator.safetensors"
+
+
+@dataclass
+class MstarArch:
+    """Sizes needed to rebuild an ``MstarModel`` (stored in the safetensors metadata)."""
+
+    aggregator: str
+    in_dim: int
+    hidden_dim: int
+    embed_dim: int
+    text_dim: int
+    n_genes: int = 0
+    rna_hidden: list[int] = field(default_factory=lambda: [256, 256])
+
+
+class MstarModel(nn.Module):
+    """Aggregator and projections; every ``encode_*`` returns L2-normalised (B, embed_dim) embeddings."""
+
+    def __init__(self, arch: MstarArch):
+        super().__init__()
+        self.arch = arch
+        self.aggregator = build_aggregator(arch.aggregator, arch.in_dim, arch.hidden_dim)
+        self.slide_proj = nn.Linear(arch.hidden_dim, arch.embed_dim)
+        self.report_proj = nn.Linear(arch.text_dim, arch.embed_dim)
+        self.rna_encoder = RnaEncoder(arch.n_genes, arch.embed_dim, arch.rna_hidden) if arch.n_genes else None
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def encode_slide(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch features (N, D) or (B, N, D) + mask -> slide embedding in the shared space."""
+        emb, _ = self.aggregator(features, mask)
+        return F.normalize(self.slide_proj(emb), dim=-1)
+
+    def encode_report(self, text_embeddings: torch.Tensor) -> torch.Tensor:
+        """MUSK report embeddings (B, text_dim) -> shared space."""
+        return F.normalize(self.report_proj(text_embeddings), dim=-1)
+
+    def encode_rna(self, expression: torch.Tensor) -> torch.Tensor:
+        """Preprocessed expression (B, n_genes) -> shared space."""
+        if self.rna_encoder is None:
+            raise ValueError("this mSTAR model was trained without RNA-seq")
+        return F.normalize(self.rna_encoder(expression), dim=-1)
+
+
+class ReportEncoder(nn.Module):
+    """MUSK's language side on reports: head embedding of each 100-token chunk, averaged per report."""
+
+    def __init__(self, musk: nn.Module, tokenizer, max_len: int = 100):
+        super().__init__()
+        self.musk, self.tokenizer, self.max_len = musk, tokenizer, max_len
+
+    @property
+    def dim(self) -> int:
+        """Embedding size (MUSK's width)."""
+        return self.musk.config.embed_dim
+
+    def forward(self, texts: Sequence[str]) -> torch.Tensor:
+        """(B,) texts -> (B, D); an empty text is an error (a missing report is not a report)."""
+        ids, pads, owner = [], [], []
+        for i, text in enumerate(texts):
+            if not text.strip():
+                raise ValueError(f"report {i} is empty; mark the report missing instead")
+            a, b = self.tokenizer.encode_chunks(text, max_len=self.max_len)
+            ids.append(a)
+            pads.append(b)
+            owner += [i] * len(a)
+        device = next(self.musk.parameters()).device
+        emb = self.musk.encode_text(torch.cat(ids).to(device), torch.cat(pads).to(device), head=True, normalize=True)
+        owner_t = torch.tensor(owner, device=device)
+        out = torch.zeros(len(texts), emb.shape[1], device=device, dtype=emb.dtype).index_add(0, owner_t, emb)
+        return out / torch.bincount(owner_t, minlength=len(texts)).unsqueeze(1).to(emb.dtype)
+
+    @torch.no_grad()
+    def embed_all(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        """Embeddings of many reports in batches, without gradients (the frozen-text cache)."""
+        from tqdm.auto import tqdm
+
+        out = []
+        for s in tqdm(range(0, len(texts), batch_size), desc="report embeddings", disable=not progress):
+            out.append(self(texts[s:s + batch_size]).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.dim)
+
+
+def aggregator_tokens(aggregator: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The aggregator's output token of every patch of one bag (N, D) -> (N, hidden).
+
+    TransMIL: the final-normed tokens after both Nystrom layers and PPEG (each patch sees the whole
+    bag); ABMIL / mean pooling: the instance embeddings that the attention pools.
+    """
+    x = features.unsqueeze(0) if features.ndim == 2 else features
+    if x.ndim != 3 or x.shape[0] != 1:
+        raise ValueError(f"aggregator_tokens takes one bag (N, D), got {tuple(features.shape)}")
+    if isinstance(aggregator, TransMIL):
+        n = x.shape[1]
+        h = aggregator.fc(x)
+        side = math.ceil(math.sqrt(n))
+        extra = side * side - n
+        if extra:
+            h = torch.cat([h, h[:, :extra].repeat(1, math.ceil(extra / n), 1)[:, :extra]], dim=1)
+        h = torch.cat([aggregator.cls_token.expand(1, -1, -1).to(h.dtype), h], dim=1)
+        h, _ = aggregator.layer1(h)
+        h = aggregator.pos(h, side)
+        h, _ = aggregator.layer2(h)
+        return aggregator.norm(h)[0, 1:n + 1]
+    if isinstance(aggregator, (ABMIL, MeanPool)):
+        return aggregator.fc(x)[0]
+    raise TypeError(f"no per-patch tokens defined for {type(aggregator).__name__}")
+
+
+def save_stage1(model: MstarModel, path: str | os.PathLike) -> None:
+    """Write the whole stage-1 model as safetensors with its architecture in the metadata."""
+    from safetensors.torch import save_file
+
+    from openmusk.io import atomic_path
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path, suffix=".safetensors.tmp") as tmp:
+        save_file(state, str(tmp), metadata={"mstar_arch": json.dumps(asdict(model.arch))})
+
+
+def load_stage1(path: str | os.PathLike) -> MstarModel:
+    """Rebuild an ``MstarModel`` from ``save_stage1`` output (eval mode)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"stage-1 weights not found: {path}")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if "mstar_arch" not in meta:
+        raise ValueError(f"{path}: not an mSTAR stage-1 file (no 'mstar_arch' metadata)")
+    model = MstarModel(MstarArch(**json.loads(meta["mstar_arch"])))
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()
+
+
+class MstarPretrained:
+    """Everything stage 1 wrote to ``out_dir``: the model, the RNA preprocessing and the report encoder."""
+
+    def __init__(self, out_dir: str | os.PathLike, device: str = "cpu"):
+        self.out_dir = Path(out_dir)
+        self.device = device
+        self.model = load_stage1(self.out_dir / STAGE1_WEIGHTS).to(device)
+        self.config = json.loads((self.out_dir / "config.json").read_text())
+        rna = self.out_dir / "rna_preprocessor.json"
+        self.rna = RnaPreprocessor.load(rna) if rna.is_file() else None
+        self._reports: ReportEncoder | None = None
+
+    @property
+    def report_encoder(self) -> ReportEncoder:
+        """MUSK's language side as stage 1 used it (its saved copy when tuned or random); built on first use."""
+        if self._reports is None:
+            import openmusk
+
+            tuned = self.out_dir / "report_encoder.safetensors"
+            if tuned.is_file():
+                musk = openmusk.create_model(pretrained=str(tuned))
+            else:
+                musk = openmusk.create_model(self.config["musk_model"], pretrained=self.config["weights"] or None)
+            self._reports = ReportEncoder(musk.to(self.device).eval(), openmusk.get_tokenizer(),
+                                          self.config["report_max_len"])
+        return self._reports
+
+    @torch.no_grad()
+    def embed_slides(self, bags: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
+        """Shared-space embeddings (S, embed_dim) of slides given as patch-feature arrays (N, D)."""
+        self.model.eval()
+        out = [self.model.encode_slide(torch.as_tensor(np.asarray(b), dtype=torch.float32, device=self.device))
+               for b in bags]
+        return torch.cat(out).cpu()
+
+    @torch.no_grad()
+    def raw_slide_features(self, bags: Sequence[np.ndarray | torch.Tensor]) -> torch.Tensor:
+        """Aggregator outputs (S, hidden_dim) before projection: features for few-shot probes."""
+        self.model.eval()
+        out = [self.model.aggregator(torch.as_tensor(np.asarray(b), dtype=torch.float32, device=self.device))[0]
+               for b in bags]
+        return torch.cat(out).cpu()
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Shared-space embeddings (T, embed_dim) of reports or prompts."""
+        return self.model.encode_report(self.report_encoder.embed_all(list(texts)).to(self.device)).cpu()

@@ -1,0 +1,184 @@
+"""A deterministic, resumable stream of global batches from WebDataset shards.
+
+Every rank and every DataLoader worker walks the same global sample order (shards shuffled per
+epoch, then a seeded shuffle buffer), cuts it into global batches, and decodes only its own part:
+rank r takes slice r of each global batch, worker w the batches whose running index is w modulo
+the number of workers (the DataLoader's round-robin puts them back in order). Each sample is
+decoded with its own generator seeded by (seed, epoch, sample index), so augmentations and masks
+do not depend on how many ranks or workers there are: 1 process and N processes see the same
+global batches. The position (epoch, batch in epoch, batches so far) travels with every batch and
+is what a checkpoint stores to resume exactly.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from openmusk.data.shards import iter_tar_samples, list_shards
+
+__all__ = ["StreamPosition", "ShardStream", "collate", "JointLoader"]
+
+Decoder = Callable[[dict, np.random.Generator], dict]
+
+
+@dataclass
+class StreamPosition:
+    """Where a stream stands: the next batch to read is ``batch`` of ``epoch`` (``total`` read so far)."""
+
+    epoch: int = 0
+    batch: int = 0
+    total: int = 0
+
+
+def collate(items: Sequence[dict]) -> dict:
+    """Stack tensors key by key; other values become lists."""
+    out: dict[str, Any] = {}
+    for k in items[0]:
+        vals = [it[k] for it in items]
+        out[k] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
+    return out
+
+
+class ShardStream(IterableDataset):
+    """Endless stream of this rank's part of each global batch, decoded by ``decode``.
+
+    ``decode(sample, rng)`` turns a raw shard sample (extension -> bytes) into a dict of tensors; a
+    sample it cannot decode is reported on stderr with its shard and key and replaced by another
+    sample of the same local batch, so batch shapes stay equal across ranks.
+    """
+
+    def __init__(self, shards, decode: Decoder, global_batch: int, seed: int = 0,
+                 shuffle_buffer: int = 1000, rank: int = 0, world: int = 1, name: str = "data"):
+        self.shards = [str(p) for p in list_shards(shards)]
+        if not self.shards:
+            raise ValueError(f"{name}: no shards found in {shards!r}")
+        missing = [p for p in self.shards if not Path(p).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{name}: shard(s) not found: {', '.join(missing[:5])}")
+        if global_batch % world:
+            raise ValueError(f"{name}: global batch {global_batch} is not divisible by {world} ranks")
+        self.decode, self.global_batch, self.seed = decode, global_batch, seed
+        self.shuffle_buffer, self.rank, self.world, self.name = shuffle_buffer, rank, world, name
+        self.position = StreamPosition()
+
+    def state_dict(self) -> dict:
+        """The position to store in a checkpoint."""
+        return asdict(self.position)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a stored position (takes effect at the next ``iter``)."""
+        self.position = StreamPosition(**state)
+
+    def samples(self, epoch: int) -> Iterator[dict]:
+        """The global sample order of one epoch: shards permuted, then a seeded shuffle buffer."""
+        rng = np.random.default_rng([self.seed, epoch, 7])
+        buffer: list[dict] = []
+        for i in rng.permutation(len(self.shards)):
+            for sample in iter_tar_samples(self.shards[i]):
+                if len(buffer) < self.shuffle_buffer:
+                    buffer.append(sample)
+                    continue
+                j = int(rng.integers(len(buffer)))
+                buffer[j], sample = sample, buffer[j]
+                yield sample
+        while buffer:
+            yield buffer.pop(int(rng.integers(len(buffer))))
+
+    def _decode_slice(self, raw: list[dict], epoch: int, first_index: int) -> dict:
+        """Decode this rank's samples of one global batch, replacing undecodable ones."""
+        local = self.global_batch // self.world
+        lo = self.rank * local
+        items, bad = [], []
+        for i, sample in enumerate(raw[lo:lo + local]):
+            rng = np.random.default_rng([self.seed, epoch, first_index + lo + i])
+            try:
+                items.append(self.decode(sample, rng))
+            except Exception as e:  # noqa: BLE001 - any corrupt sample is skipped and reported
+                bad.append(sample)
+                print(f"{self.name}: skipped sample {sample.get('__key__')!r} of "
+                      f"{sample.get('__shard__')}: {type(e).__name__}: {e}", file=sys.stderr)
+        if not items:
+            keys = [s.get("__key__") for s in bad]
+            raise ValueError(f"{self.name}: every sample of a local batch failed to decode: {keys}")
+        items += [items[i % len(items)] for i in range(len(bad))]
+        return collate(items)
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
+        start = self.position
+        epoch, skip, total = start.epoch, start.batch, start.total
+        while True:
+            n_in_epoch, raw = 0, []
+            first = 0
+            for idx, sample in enumerate(self.samples(epoch)):
+                raw.append(sample)
+                if len(raw) < self.global_batch:
+                    continue
+                if n_in_epoch >= skip:
+                    if (total - start.total) % nw == wid:
+                        batch = self._decode_slice(raw, epoch, first)
+                        batch["__pos__"] = (epoch, n_in_epoch + 1, total + 1)
+                        yield batch
+                    total += 1
+                n_in_epoch += 1
+                raw, first = [], idx + 1
+            if n_in_epoch == 0:
+                raise ValueError(f"{self.name}: an epoch holds fewer samples than one global "
+                                 f"batch ({self.global_batch})")
+            epoch, skip = epoch + 1, 0
+
+
+class JointLoader:
+    """Step-wise batches from several named streams (e.g. images and texts for stage 1).
+
+    Each stream runs in its own DataLoader (``num_workers`` processes); ``state_dict`` holds the
+    position after the last batch handed out, so a checkpoint taken between steps resumes there.
+    """
+
+    def __init__(self, streams: dict[str, ShardStream], num_workers: int = 0):
+        self.streams, self.num_workers = streams, num_workers
+        self._iters: dict[str, Iterator] | None = None
+
+    def state_dict(self) -> dict:
+        """Positions of every stream."""
+        return {k: s.state_dict() for k, s in self.streams.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore positions; the next batch read continues from them."""
+        for k, s in self.streams.items():
+            if k not in state:
+                raise KeyError(f"checkpoint data state has no position for stream {k!r}")
+            s.load_state_dict(state[k])
+        self._iters = None
+
+    def _start(self) -> None:
+        self._iters = {}
+        for k, s in self.streams.items():
+            # a private generator: starting workers must not draw from the global RNG (drop-path)
+            dl = DataLoader(s, batch_size=None, num_workers=self.num_workers,
+                            prefetch_factor=2 if self.num_workers else None,
+                            generator=torch.Generator().manual_seed(s.seed))
+            self._iters[k] = iter(dl)
+
+    def next(self) -> dict[str, dict]:
+        """The next step's batch of every stream: {name: batch}."""
+        if self._iters is None:
+            self._start()
+        out = {}
+        for k, it in self._iters.items():
+            batch = next(it)
+            epoch, b, total = batch.pop("__pos__")
+            self.streams[k].position = StreamPosition(int(epoch), int(b), int(total))
+            out[k] = batch
+        return out
+
+    def close(self) -> None:
+        """Stop worker processes."""
+        self._iters = None

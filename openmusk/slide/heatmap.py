@@ -1,0 +1,180 @@
+"""Heatmaps of per-tile scores (attention, zero-shot similarity, probabilities) over a slide.
+
+Scores are painted onto a thumbnail-sized grid, overlapping tiles averaged, and drawn as a
+semi-transparent overlay with a colour bar (PNG). Tile scores are also exported as CSV or GeoJSON
+(QuPath detections with measurements), and the top-scoring tiles as an image grid.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from openmusk.io import atomic_path, write_json
+from openmusk.slide.reader import Slide, open_slide
+
+__all__ = ["score_map", "draw_heatmap", "heatmap_from_features", "export_tile_scores", "top_tiles_grid"]
+
+
+def score_map(coords: np.ndarray, scores: np.ndarray, patch_size_level0: int, shape: tuple[int, int],
+              downsample: float) -> np.ndarray:
+    """Mean score per pixel of an (H, W) grid at ``downsample``; NaN where no tile covers it.
+
+    Each tile adds its score over its footprint with a 2-D difference array (corners, then
+    cumulative sums), so overlapping tiles average in O(N + H W).
+    """
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(coords) != len(scores):
+        raise ValueError(f"{len(coords)} coords but {len(scores)} scores")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"scores contain {int((~np.isfinite(scores)).sum())} non-finite values")
+    h, w = shape
+    x0 = np.clip(np.round(coords[:, 0] / downsample).astype(int), 0, w)
+    y0 = np.clip(np.round(coords[:, 1] / downsample).astype(int), 0, h)
+    x1 = np.clip(np.maximum(np.round((coords[:, 0] + patch_size_level0) / downsample).astype(int), x0 + 1), 0, w)
+    y1 = np.clip(np.maximum(np.round((coords[:, 1] + patch_size_level0) / downsample).astype(int), y0 + 1), 0, h)
+    total = np.zeros((h + 1, w + 1))
+    count = np.zeros((h + 1, w + 1))
+    for arr, val in ((total, scores), (count, np.ones_like(scores))):
+        np.add.at(arr, (y0, x0), val)
+        np.add.at(arr, (y0, x1), -val)
+        np.add.at(arr, (y1, x0), -val)
+        np.add.at(arr, (y1, x1), val)
+    total = total.cumsum(0).cumsum(1)[:h, :w]
+    count = np.rint(count.cumsum(0).cumsum(1)[:h, :w])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def _as_slide(slide: Slide | str | os.PathLike, default_mpp: float | None = None) -> Slide:
+    """A Slide from a Slide or a path (``default_mpp`` for files that state none)."""
+    return slide if isinstance(slide, Slide) else open_slide(slide, default_mpp=default_mpp)
+
+
+def draw_heatmap(slide: Slide | str | os.PathLike, coords: np.ndarray, scores: np.ndarray,
+                 patch_size_level0: int, out: str | os.PathLike, *, title: str = "",
+                 label: str = "score", cmap: str = "jet", alpha: float = 0.45,
+                 vmin: float | None = None, vmax: float | None = None, max_size: int = 900,
+                 slide_mpp: float | None = None) -> Path:
+    """Save a PNG: the slide thumbnail with the tile scores overlaid and a colour bar.
+
+    ``coords`` are level-0 top-left corners (as in the features file), ``patch_size_level0`` the
+    tile side in level-0 pixels (its ``coords`` attribute of that name).
+    """
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = _as_slide(slide, slide_mpp)
+    thumb, downsample = s.thumbnail(max_size=max_size)
+    rgb = np.asarray(thumb)
+    smap = score_map(coords, scores, patch_size_level0, rgb.shape[:2], downsample)
+    finite = np.asarray(scores, dtype=np.float64)
+    lo = float(finite.min()) if vmin is None and len(finite) else vmin
+    hi = float(finite.max()) if vmax is None and len(finite) else vmax
+    aspect = rgb.shape[1] / rgb.shape[0]
+    fig, ax = plt.subplots(figsize=(min(12.0, 7.0 * aspect + 1.5), 7.0), dpi=120)
+    ax.imshow(rgb)
+    im = ax.imshow(np.ma.masked_invalid(smap), cmap=cmap, alpha=alpha, vmin=lo, vmax=hi,
+                   interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=label)
+    ax.set_axis_off()
+    ax.set_title(title or f"{s.name}: {label} ({len(finite)} tiles)", fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    with atomic_path(out, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out
+
+
+def heatmap_from_features(slide: Slide | str | os.PathLike, features_path: str | os.PathLike,
+                          scores: np.ndarray, out: str | os.PathLike, **kwargs) -> Path:
+    """Heatmap of per-tile scores given in the row order of a features file (e.g. MIL attention).
+
+    Reads ``coords`` and its ``patch_size_level0`` attribute from the file; ``kwargs`` go to
+    :func:`draw_heatmap`.
+    """
+    import h5py
+
+    with h5py.File(features_path, "r") as f:
+        if "coords" not in f or "patch_size_level0" not in f["coords"].attrs:
+            raise ValueError(f"{features_path}: needs a 'coords' dataset with a 'patch_size_level0' attribute")
+        coords, size0 = f["coords"][:], int(f["coords"].attrs["patch_size_level0"])
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(scores) != len(coords):
+        raise ValueError(f"{features_path}: {len(coords)} tiles but {len(scores)} scores")
+    return draw_heatmap(slide, coords, scores, size0, out, **kwargs)
+
+
+def export_tile_scores(coords: np.ndarray, scores: np.ndarray, patch_size_level0: int,
+                       path: str | os.PathLike, names: Sequence[str] = ("score",),
+                       classification: Sequence[str] | None = None) -> Path:
+    """Write tile scores as CSV (x, y, width, height, scores...) or GeoJSON (by the extension).
+
+    ``scores`` is (N,) or (N, K) with K ``names``. GeoJSON tiles are QuPath detections whose
+    ``measurements`` hold the scores; an optional per-tile ``classification`` names their class.
+    """
+    coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+    scores = np.asarray(scores, dtype=np.float64)
+    scores = scores.reshape(len(scores), -1)
+    if len(scores) != len(coords) or scores.shape[1] != len(names):
+        raise ValueError(f"scores of shape {scores.shape} do not match {len(coords)} coords and "
+                         f"{len(names)} names {list(names)}")
+    path = Path(path)
+    p = int(patch_size_level0)
+    if path.suffix.lower() == ".csv":
+        with atomic_path(path, suffix=".csv.tmp") as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["x", "y", "width", "height", *names] + (["class"] if classification is not None else []))
+            for i, (x, y) in enumerate(coords):
+                extra = [classification[i]] if classification is not None else []
+                writer.writerow([int(x), int(y), p, p, *(f"{v:.6g}" for v in scores[i]), *extra])
+        return path
+    if path.suffix.lower() not in (".geojson", ".json"):
+        raise ValueError(f"{path}: tile scores are written as .csv or .geojson")
+    features = []
+    for i, (x, y) in enumerate(coords):
+        x, y = int(x), int(y)
+        ring = [[x, y], [x + p, y], [x + p, y + p], [x, y + p], [x, y]]
+        props = {"objectType": "detection", "measurements": {n: float(v) for n, v in zip(names, scores[i])}}
+        if classification is not None:
+            props["classification"] = {"name": str(classification[i])}
+        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                         "properties": props})
+    return write_json(path, {"type": "FeatureCollection", "features": features}, indent=None)
+
+
+def top_tiles_grid(slide: Slide | str | os.PathLike, coords: np.ndarray, scores: np.ndarray, k: int,
+                   patch_size_level0: int, out: str | os.PathLike | None = None, tile_px: int = 160,
+                   ncols: int | None = None, slide_mpp: float | None = None) -> Image.Image:
+    """The ``k`` highest-scoring tiles side by side (score above each), optionally saved as PNG."""
+    from PIL import ImageDraw
+
+    s = _as_slide(slide, slide_mpp)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    coords = np.asarray(coords).reshape(-1, 2)
+    if len(scores) != len(coords):
+        raise ValueError(f"{len(coords)} coords but {len(scores)} scores")
+    order = np.argsort(-scores, kind="stable")[:max(0, k)]
+    ncols = ncols or min(len(order), 5) or 1
+    nrows = max(1, -(-len(order) // ncols))
+    label_h = 18
+    grid = Image.new("RGB", (ncols * tile_px, nrows * (tile_px + label_h)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    read_mpp = s.mpp * patch_size_level0 / tile_px
+    for j, i in enumerate(order):
+        r, c = divmod(j, ncols)
+        tile = s.read_region((int(coords[i, 0]), int(coords[i, 1])), (tile_px, tile_px), read_mpp)
+        top = r * (tile_px + label_h)
+        grid.paste(tile, (c * tile_px, top + label_h))
+        draw.text((c * tile_px + 3, top + 3), f"#{j + 1}  {scores[i]:.3f}", fill=(0, 0, 0))
+    if out is not None:
+        with atomic_path(out, suffix=".png") as tmp:
+            grid.save(tmp, format="PNG")
+    return grid

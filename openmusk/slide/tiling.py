@@ -1,0 +1,140 @@
+"""Tiling a slide at a target magnification: a grid of level-0 top-left coordinates over tissue.
+
+The result is stored as a coords-only HDF5 file in the TRIDENT/CLAM layout (dataset ``coords``,
+int64 (N, 2), level-0 pixel frame, top-left, with the tiling attributes), which feature extraction
+reads back.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from openmusk.io import atomic_path
+from openmusk.slide.reader import Slide
+from openmusk.slide.tissue import TissueMask
+
+__all__ = ["TilingConfig", "Tiles", "tile_slide", "tissue_fraction_per_tile", "write_coords", "read_coords",
+           "config_matches"]
+
+
+@dataclass
+class TilingConfig:
+    """How to cut tiles: size in pixels at ``mpp`` µm/px, overlap fraction, minimum tissue share."""
+
+    mpp: float = 0.5                 # 0.5 µm/px ≈ 20x, MUSK's magnification
+    tile_size: int = 384             # MUSK's input size
+    overlap: float = 0.0             # fraction of the tile shared with its neighbour (0.85 for heatmaps)
+    min_tissue: float = 0.25         # keep tiles whose footprint is at least this fraction tissue
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if not 0.0 <= self.min_tissue <= 1.0:
+            raise ValueError(f"min_tissue must be in [0, 1], got {self.min_tissue}")
+        if self.tile_size < 1 or not self.mpp > 0:
+            raise ValueError(f"tile_size and mpp must be positive, got {self.tile_size}, {self.mpp}")
+
+
+@dataclass
+class Tiles:
+    """Tile coordinates (level-0 top-left, int64 (N, 2)) and the attributes that describe them."""
+
+    coords: np.ndarray
+    attrs: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    @property
+    def patch_size_level0(self) -> int:
+        """Side of one tile in level-0 pixels."""
+        return int(self.attrs["patch_size_level0"])
+
+
+def tile_slide(slide: Slide, tissue: TissueMask | None, config: TilingConfig | None = None) -> Tiles:
+    """The grid of tiles fully inside the slide whose tissue share reaches ``min_tissue``."""
+    config = config or TilingConfig()
+    w0, h0 = slide.dimensions
+    size0 = max(1, round(config.tile_size * config.mpp / slide.mpp))
+    stride0 = max(1, round(size0 * (1.0 - config.overlap)))
+    xs = np.arange(0, w0 - size0 + 1, stride0, dtype=np.int64)
+    ys = np.arange(0, h0 - size0 + 1, stride0, dtype=np.int64)
+    gx, gy = np.meshgrid(xs, ys)
+    coords = np.stack([gx.ravel(), gy.ravel()], axis=1).astype(np.int64)
+    if tissue is not None and len(coords):
+        frac = tissue_fraction_per_tile(tissue, coords, size0)
+        keep = frac >= config.min_tissue if config.min_tissue > 0 else frac > 0
+        coords = coords[keep]
+    attrs = {
+        "patch_size": int(config.tile_size),
+        "patch_size_level0": int(size0),
+        "level0_magnification": float(slide.objective_power),
+        "target_magnification": float(10.0 / config.mpp),
+        "overlap": int(round(config.tile_size * config.overlap)),   # pixels at the target mpp (TRIDENT)
+        "overlap_fraction": float(config.overlap),
+        "level0_width": int(w0),
+        "level0_height": int(h0),
+        "mpp": float(config.mpp),
+        "level0_mpp": float(slide.mpp),
+        "min_tissue": float(config.min_tissue),
+        "name": slide.name,
+    }
+    return Tiles(coords.reshape(-1, 2), attrs)
+
+
+def tissue_fraction_per_tile(tissue: TissueMask, coords: np.ndarray, size0: int) -> np.ndarray:
+    """Fraction of each tile's footprint that is tissue, from an integral image of the mask."""
+    mask = tissue.mask.astype(np.float64)
+    h, w = mask.shape
+    integral = np.zeros((h + 1, w + 1))
+    integral[1:, 1:] = mask.cumsum(0).cumsum(1)
+    ds = tissue.downsample
+    x0 = np.clip(np.floor(coords[:, 0] / ds).astype(int), 0, w)
+    y0 = np.clip(np.floor(coords[:, 1] / ds).astype(int), 0, h)
+    x1 = np.clip(np.maximum(np.ceil((coords[:, 0] + size0) / ds).astype(int), x0 + 1), 0, w)
+    y1 = np.clip(np.maximum(np.ceil((coords[:, 1] + size0) / ds).astype(int), y0 + 1), 0, h)
+    total = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    area = np.maximum((x1 - x0) * (y1 - y0), 1)
+    return total / area
+
+
+def write_coords(path: str | os.PathLike, tiles: Tiles) -> Path:
+    """Write the coords-only HDF5 file (dataset ``coords`` + attributes) atomically."""
+    with atomic_path(path, suffix=".h5.tmp") as tmp:
+        with h5py.File(tmp, "w") as f:
+            ds = f.create_dataset("coords", data=tiles.coords.astype(np.int64),
+                                  maxshape=(None, 2), chunks=(max(1, min(len(tiles.coords), 4096)), 2))
+            for k, v in tiles.attrs.items():
+                ds.attrs[k] = v
+    return Path(path)
+
+
+def read_coords(path: str | os.PathLike) -> Tiles:
+    """Read a coords file written by :func:`write_coords` (or TRIDENT/CLAM's patching step)."""
+    try:
+        with h5py.File(path, "r") as f:
+            if "coords" not in f:
+                raise ValueError(f"{path}: no 'coords' dataset (found {list(f.keys())})")
+            ds = f["coords"]
+            coords = np.asarray(ds[:], dtype=np.int64).reshape(-1, 2)
+            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in ds.attrs.items()}
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable HDF5 coords file ({e})") from e
+    if "patch_size_level0" not in attrs:
+        raise ValueError(f"{path}: coords attribute 'patch_size_level0' is missing")
+    return Tiles(coords, attrs)
+
+
+def config_matches(tiles: Tiles, config: TilingConfig) -> bool:
+    """Whether stored tiles were cut with ``config`` (so a coords file can be reused)."""
+    a = tiles.attrs
+    return (int(a.get("patch_size", -1)) == config.tile_size
+            and math.isclose(float(a.get("mpp", -1)), config.mpp, rel_tol=1e-6)
+            and math.isclose(float(a.get("overlap_fraction", -1)), config.overlap, abs_tol=1e-9)
+            and math.isclose(float(a.get("min_tissue", -1)), config.min_tissue, abs_tol=1e-9))

@@ -1,0 +1,56 @@
+"""``openmusk demo`` end to end on the shipped slide with the random tiny model."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from openmusk.cli import main
+
+
+@pytest.mark.slow
+def test_demo_writes_an_honest_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--random-weights", "--overlap", "0.25", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "RANDOMLY INITIALISED" in printed                       # loud in the terminal
+    page = (out / "report.html").read_text()
+    assert "RANDOMLY INITIALISED" in page and "class='warn'" in page  # and in the report
+    for src in re.findall(r"src=['\"]([^'\"]+)['\"]", page):      # every image it shows exists
+        assert (out / src).is_file(), src
+    assert {"thumbnail.png", "tissue_mask.png", "tiles.png", "heatmap_epidermis.png", "top_dermis.png"} <= {
+        p.name for p in out.iterdir()}
+
+    with h5py.File(out / "features" / "cmu_small_region.h5") as f:
+        feats, coords = f["features"][:], f["coords"][:]
+        assert feats.shape[1] == 128 and f["features"].attrs["encoder_weights"] == "random"
+    table = pd.read_csv(out / "tile_scores.csv")
+    classes = ["epidermis", "dermis", "adipose", "background"]
+    np.testing.assert_array_equal(table[["x", "y"]].to_numpy(), coords)
+    probs = table[classes].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    assert (table["class"].to_numpy() == np.array(classes)[probs.argmax(1)]).all()
+    # the table's per-class share of tiles is the share of argmax labels
+    share = {c: (table["class"] == c).mean() * 100 for c in classes}
+    for c in classes:
+        assert f"<td>{c}</td><td>{share[c]:.1f}%</td>" in page
+
+
+def test_zero_shot_from_features_equals_the_head_embedding() -> None:
+    """The demo's shortcut: vision_head(first D values of the multiscale feature) = encode_image()."""
+    import openmusk
+    from openmusk.slide.demo import zero_shot_tiles
+
+    torch.manual_seed(0)
+    model = openmusk.create_model("musk_tiny_patch16_384")
+    x = torch.randn(2, 3, 384, 384)
+    text = torch.nn.functional.normalize(torch.randn(3, 64), dim=-1)
+    with torch.no_grad():
+        feats = model.encode_image(x, head=False, normalize=False, multiscale=True).numpy()
+        ref = model.similarity(model.encode_image(x), text).softmax(-1).numpy()
+    np.testing.assert_allclose(zero_shot_tiles(model, feats, text), ref, atol=1e-5)
