@@ -40,6 +40,14 @@ _LAZY = {
     "MilConfig": "openmusk.mil.config",
     "ABMIL": "openmusk.mil.models",
     "TransMIL": "openmusk.mil.models",
+    # visual question answering
+    "VQAPredictor": "openmusk.eval.vqa",
+    "VQATrainConfig": "openmusk.eval.vqa",
+    "train_vqa": "openmusk.eval.vqa",
+    # whole-slide multimodal pretraining (mSTAR)
+    "pretrain_aggregator": "openmusk.pretrain.mstar",
+    "self_taught": "openmusk.pretrain.mstar",
+    "MstarPretrained": "openmusk.pretrain.mstar",
 }
 # task packages, imported on first access: openmusk.eval, openmusk.mil, openmusk.pretrain ...
 _SUBPACKAGES = ("eval", "slide", "mil", "pretrain", "text", "data", "stats", "optim", "dist", "io")

@@ -199,13 +199,17 @@ def pretrain_aggregator(cfg: AggregatorPretrainConfig, progress: bool = True) ->
     torch.manual_seed(cfg.seed)
     cohort = load_cohort(cfg.table, cfg.val_fraction, cfg.seed)
     prep = _attach_rna(cohort, cfg.rna_table, cfg.n_genes)
-    musk = openmusk.create_model(cfg.musk_model, pretrained=cfg.weights or None, device=cfg.device)
+    kept = out / "report_encoder.safetensors"
+    if not cfg.weights and cfg.resume and kept.is_file():  # resuming with the random encoder saved before
+        musk = openmusk.create_model(pretrained=str(kept), device=cfg.device)
+    else:
+        musk = openmusk.create_model(cfg.musk_model, pretrained=cfg.weights or None, device=cfg.device)
+        if not cfg.weights:  # a random report encoder must be kept: zero-shot needs the very same one
+            openmusk.save_checkpoint(musk, kept)
     encoder = ReportEncoder(musk, openmusk.get_tokenizer(), cfg.report_max_len)
     arch = MstarArch(cfg.aggregator, cohort.feature_dim, cfg.hidden_dim, cfg.embed_dim, encoder.dim,
                      len(prep.genes) if prep else 0, list(cfg.rna_hidden))
     model = MstarModel(arch).to(cfg.device)
-    if not cfg.weights:  # a random report encoder must be kept: zero-shot needs the very same one
-        openmusk.save_checkpoint(musk, out / "report_encoder.safetensors")
     if cfg.text_mode == "frozen":
         reports, report_index = _report_cache(cfg, encoder, cohort.patients, out, progress)
         del musk, encoder
@@ -271,7 +275,7 @@ def pretrain_aggregator(cfg: AggregatorPretrainConfig, progress: bool = True) ->
     save_stage1(model, out / STAGE1_WEIGHTS)
     save_aggregator(model.aggregator, out / AGGREGATOR_WEIGHTS)
     if encoder is not None:
-        openmusk.save_checkpoint(encoder.musk, out / "report_encoder.safetensors")
+        openmusk.save_checkpoint(encoder.musk, kept)
     if prep is not None:
         prep.save(out / "rna_preprocessor.json")
     write_json(out / "config.json", dataclasses.asdict(cfg))
