@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import best_time, matmul_peak, peak_rss_bytes, rss_bytes  # noqa: E402
+from common import best_time, matmul_peak, peak_rss_bytes  # noqa: E402
 
 import openmusk  # noqa: E402
 from openmusk.model.reference import reference_tokens  # noqa: E402
@@ -116,7 +116,7 @@ def text_rates(model, batch: int, repeats: int, fp32_peak: float, naive_sd=None)
 LOAD_SCRIPT = r"""
 import json, sys, resource, torch
 sys.path.insert(0, {bench!r})
-from common import rss_bytes, peak_rss_bytes
+from common import rss_bytes, hwm_bytes
 import openmusk
 path, mode = {path!r}, {mode!r}
 before = rss_bytes()
@@ -131,11 +131,11 @@ else:  # the common pattern: build the model, read the whole file, copy into the
     sd = load_file(path)
     model.load_state_dict(sd)
     del sd
-after_load = peak_rss_bytes()
+after_load = hwm_bytes()
 with torch.no_grad():  # touch every weight once
     model.encode_image(torch.randn(1, 3, 384, 384))
     model.encode_text(torch.tensor([[0, 100, 2]]))
-print(json.dumps(dict(before=before, after_load=after_load, after_forward=peak_rss_bytes())))
+print(json.dumps(dict(before=before, after_load=after_load, after_forward=hwm_bytes())))
 """
 
 

@@ -31,10 +31,20 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def rss_bytes() -> int:
-    """Current resident memory of this process."""
+def _status(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def rss_bytes() -> int:
+    """Current resident memory of this process."""
+    return _status("VmRSS")
+
+
+def hwm_bytes() -> int:
+    """Peak resident memory of this process image. Unlike ru_maxrss, it does not inherit the
+    parent's peak across fork + exec, so a subprocess measures only itself."""
+    return _status("VmHWM")

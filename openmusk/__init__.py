@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
 
+from .lazy import lazy_exports
 from .model import (CONFIGS, DEFAULT_WEIGHTS, CheckpointMismatchError, Musk, MuskConfig,
                     WeightsNotFoundError, config_from_checkpoint, create_model, get_config,
                     list_configs, load_checkpoint, resolve_weights, save_checkpoint, weights_available)
@@ -62,15 +62,4 @@ if "timm" in sys.modules:  # timm already imported by the user: make our names c
     importlib.import_module("openmusk.model.timm_registry").register_timm()
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    if name in _SUBPACKAGES:
-        return importlib.import_module(f"openmusk.{name}")
-    raise AttributeError(f"module 'openmusk' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | set(_SUBPACKAGES))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals(), _SUBPACKAGES)

@@ -9,8 +9,7 @@ separate subpackage and is never imported from here.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from openmusk.lazy import lazy_exports
 
 _LAZY = {
     "DatasetSpec": "openmusk.eval.specs", "get_dataset_spec": "openmusk.eval.specs",
@@ -37,13 +36,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'openmusk.eval' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -5,8 +5,7 @@ Names load on first use, so ``import openmusk.pretrain`` stays light (and never 
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from openmusk.lazy import lazy_exports
 
 _LAZY = {
     "TokenizerStageConfig": "openmusk.pretrain.config",
@@ -37,13 +36,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'openmusk.pretrain' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
