@@ -12,7 +12,6 @@ datasets:
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from openmusk.eval.specs import TASKS
+from openmusk.eval.specs import TASKS, check_keys
 
 __all__ = ["ModelEntry", "DatasetEntry", "EvalConfig", "load_eval_config", "MODEL_KINDS"]
 
@@ -29,12 +28,7 @@ MODEL_KINDS = ("musk", "open_clip", "timm", "factory")
 
 def _from_dict(cls, d: Any, where: str):
     """Build dataclass ``cls`` from a mapping, naming unknown keys and the file they came from."""
-    if not isinstance(d, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+    check_keys(cls, d, where)
     try:
         return cls(**d)
     except TypeError as e:

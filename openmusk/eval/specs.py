@@ -23,6 +23,16 @@ FORMATS = ("folder", "csv", "shards", "parquet")
 TASKS = ("zeroshot", "retrieval", "image_retrieval", "linear_probe", "few_shot", "knn")
 
 
+
+def check_keys(cls: type, d: object, where: str) -> None:
+    """Raise a ValueError naming ``where`` unless ``d`` is a mapping of ``cls``'s field names only."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+
 @dataclass
 class DatasetSpec:
     """How to read one benchmark dataset and talk about its classes; fields are the YAML keys."""
@@ -65,12 +75,7 @@ class DatasetSpec:
     @classmethod
     def from_dict(cls, d: dict, where: str = "dataset spec") -> "DatasetSpec":
         """Build from a mapping with exactly the dataclass's keys; unknown keys are an error."""
-        if not isinstance(d, dict):
-            raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        check_keys(cls, d, where)
         if "name" not in d:
             raise ValueError(f"{where}: 'name' is required")
         return cls(**d)
