@@ -41,7 +41,7 @@ def _cell(stage: str, size: str, batch: int, steps: int, img_size: int, ckpt: bo
     import torch
 
     import openmusk
-    from openmusk.optim import build_adamw, param_groups
+    from openmusk.core.optim import build_adamw, param_groups
     from openmusk.pretrain.contrastive import ContrastiveAlignment
     from openmusk.pretrain.masked import MaskedModelling
     from openmusk.pretrain.masking import block_mask, mask_text

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from .lazy import lazy_exports
+from .core.lazy import lazy_exports
 from .model import (CONFIGS, DEFAULT_WEIGHTS, CheckpointMismatchError, Musk, MuskConfig,
                     WeightsNotFoundError, config_from_checkpoint, create_model, get_config,
                     list_configs, load_checkpoint, resolve_weights, save_checkpoint, weights_available)
@@ -50,7 +50,7 @@ _LAZY = {
     "MstarPretrained": "openmusk.pretrain.mstar",
 }
 # task packages, imported on first access: openmusk.eval, openmusk.mil, openmusk.pretrain ...
-_SUBPACKAGES = ("eval", "slide", "mil", "pretrain", "text", "data", "stats", "optim", "dist", "io")
+_SUBPACKAGES = ("core", "encoders", "eval", "slide", "mil", "pretrain", "text", "data")
 
 __all__ = ["CONFIGS", "DEFAULT_WEIGHTS", "CheckpointMismatchError", "Musk", "MuskConfig",
            "WeightsNotFoundError", "config_from_checkpoint", "create_model", "get_config",

@@ -1,34 +1,130 @@
-"""Pieces every CLI command shares: the weights option and turning a missing checkpoint into advice."""
+"""The one flag vocabulary every command uses, and the glue from flags to library calls.
+
+Spellings: ``--out`` (output file or folder), ``--num-workers``, ``--device``, ``--precision``,
+``--weights`` (``random[:CONFIG]`` for random weights), ``--encoder``, ``--quiet``, ``--config`` /
+``--example`` / ``--set KEY=VALUE``. Old spellings (``--out-dir``, ``--output-dir``, ``--workers``,
+``--dtype``, ``--bf16``, ``--no-progress``) still work and print a one-line notice.
+"""
 from __future__ import annotations
 
 import argparse
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 from . import CliError
 
-DTYPES = ("float32", "bfloat16", "float16")
+DEFAULT_WEIGHTS = "hf_hub:xiangjx/musk"
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
 
-def add_model_args(p: argparse.ArgumentParser, weights_default: Optional[str] = "hf_hub:xiangjx/musk") -> None:
-    """``--weights``, ``--device`` and ``--dtype``, the way every command spells them."""
+class RenamedFlag(argparse.Action):
+    """An old flag spelling: stores like the new one and prints a notice naming it."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new: str = "", const: Any = None,
+                 nargs: Any = None, **kwargs: Any):
+        self.new = new
+        super().__init__(option_strings, dest, nargs=0 if const is not None else nargs, const=const, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from openmusk.core.config import notice
+
+        notice(f"{option_string} is now spelled {self.new}")
+        if self.const is not None:
+            values = self.const
+        elif self.type is None and isinstance(values, str) and self.dest == "precision":
+            from openmusk.core.runtime import normalize_precision
+
+            values = normalize_precision(values)
+        setattr(namespace, self.dest, values)
+
+
+def _alias(p: argparse.ArgumentParser, old: str, new: str, dest: str, **kwargs: Any) -> None:
+    p.add_argument(old, action=RenamedFlag, new=new, dest=dest, help=argparse.SUPPRESS, **kwargs)
+
+
+def add_output_arg(p: argparse.ArgumentParser, help: str, required: bool = False, default: Optional[str] = None) -> None:
+    """``--out`` (``--out-dir``/``--output-dir`` accepted)."""
+    p.add_argument("--out", dest="out", required=required, default=default, help=help)
+    for old in ("--out-dir", "--output-dir"):
+        _alias(p, old, "--out", "out")
+
+
+def add_workers_arg(p: argparse.ArgumentParser, default: Optional[int] = None) -> None:
+    """``--num-workers`` (``--workers`` accepted)."""
+    p.add_argument("--num-workers", dest="num_workers", type=int, default=default,
+                   help="DataLoader processes reading inputs" + (" (default: %(default)s)" if default is not None else ""))
+    _alias(p, "--workers", "--num-workers", "num_workers", type=int)
+
+
+def add_progress_arg(p: argparse.ArgumentParser) -> None:
+    """``--quiet`` (``--no-progress`` accepted): no progress bars."""
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _alias(p, "--no-progress", "--quiet", "quiet", const=True)
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--precision`` with the shared defaults (``--dtype``/``--bf16`` accepted)."""
+    p.add_argument("--device", default=None,
+                   help="auto | cpu | cuda | cuda:N (default: auto = this rank's GPU under torchrun, "
+                        "else the first GPU, else cpu)")
+    p.add_argument("--precision", default=None, choices=PRECISION_CHOICES,
+                   help="auto | fp32 | bf16 | fp16 autocast (default: auto = bf16 on a GPU, fp32 on cpu)")
+    _alias(p, "--dtype", "--precision", "precision")
+    _alias(p, "--bf16", "--precision bf16", "precision", const="bf16")
+
+
+def add_model_args(p: argparse.ArgumentParser, weights_default: Optional[str] = DEFAULT_WEIGHTS) -> None:
+    """``--weights``, ``--device`` and ``--precision``, the way every model command spells them."""
     p.add_argument("--weights", default=weights_default,
-                   help="checkpoint: a .safetensors/.pth path or hf_hub:owner/name (default: %(default)s); "
-                        "the architecture is read from the checkpoint")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", default="float32", choices=DTYPES,
-                   help="compute precision; bfloat16 runs on recent CPUs and GPUs (default: %(default)s)")
+                   help="checkpoint: a .safetensors/.pth path, hf_hub:owner/name, or random[:CONFIG] "
+                        "(default: %(default)s); the architecture is read from the checkpoint")
+    add_runtime_args(p)
+
+
+def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """A positional ``config`` (YAML/JSON), ``--example`` and repeatable ``--set KEY=VALUE``."""
+    p.add_argument("config", nargs="?", help="YAML or JSON config file (relative paths in it are taken "
+                                             "relative to the file)")
+    p.add_argument("--example", action="store_true", help="print the default config as YAML and exit")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
+                   help="override a config key (dotted for sections, e.g. train.lr=1e-4); repeatable")
+    p.set_defaults(config_required=required)
+
+
+def config_from_args(args: argparse.Namespace, cls: type, flags: dict[str, Any] | None = None,
+                     command: str = "") -> Any:
+    """The config of ``cls`` from ``args.config`` + ``--set`` + named flags (validated alike).
+
+    Prints the example and returns None when ``--example`` was given.
+    """
+    from openmusk.core.config import ConfigError, example_yaml, load_config, parse_overrides
+
+    if getattr(args, "example", False):
+        print(example_yaml(cls), end="")
+        return None
+    if not getattr(args, "config", None) and getattr(args, "config_required", True):
+        raise CliError(f"give a config file (start from `openmusk {command} --example`)")
+    try:
+        overrides = parse_overrides(getattr(args, "overrides", None))
+        overrides.update({k: v for k, v in (flags or {}).items() if v is not None})
+        return load_config(cls, getattr(args, "config", None), overrides)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        raise CliError(str(e)) from None
 
 
 def load_model(args: argparse.Namespace):
-    """The model named by ``--weights`` on ``--device`` in ``--dtype``; a missing checkpoint -> CliError."""
-    import torch
+    """The MUSK model named by ``--weights`` on ``--device``; a missing checkpoint -> CliError."""
+    from openmusk.core.runtime import precision_dtype, resolve_device, resolve_precision
+    from openmusk.model import CheckpointMismatchError, WeightsNotFoundError, create_model
 
-    import openmusk
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision or "fp32", device)
+    weights = args.weights
     try:
-        return openmusk.create_model(pretrained=args.weights, device=device, dtype=getattr(torch, args.dtype))
-    except openmusk.WeightsNotFoundError as e:
+        if weights is None or str(weights).startswith("random"):
+            name = str(weights or "random").partition(":")[2] or "musk_large_patch16_384"
+            return create_model(name, device=device, dtype=precision_dtype(precision))
+        return create_model(pretrained=weights, device=device, dtype=precision_dtype(precision))
+    except WeightsNotFoundError as e:
         raise CliError(str(e)) from None
-    except (openmusk.CheckpointMismatchError, ValueError) as e:
-        raise CliError(f"cannot load {args.weights}: {e}") from None
+    except (CheckpointMismatchError, ValueError, KeyError) as e:
+        raise CliError(f"cannot load {weights}: {e}") from None

@@ -108,7 +108,7 @@ def _write_h5(path: str, features, attrs: dict, **string_sets) -> None:
     import h5py
     import numpy as np
 
-    from ..io import atomic_path
+    from ..core.io import atomic_path
 
     with atomic_path(path, suffix=".h5.tmp") as tmp:
         with h5py.File(tmp, "w") as f:
@@ -195,8 +195,8 @@ def _zeroshot(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image, UnidentifiedImageError
 
-    from ..eval.encoders import MuskEncoder
-    from ..eval.tasks import zero_shot_weights
+    from ..encoders import MuskEncoder
+    from ..encoders import zero_shot_weights
 
     labels = [s.strip() for s in args.labels.split(",") if s.strip()]
     if len(labels) < 2:

@@ -67,7 +67,7 @@ def _run(args: argparse.Namespace) -> int:
         result = getattr(stages, fn_name)(cfg)
     except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
         raise CliError(str(e)) from e
-    from openmusk.dist import is_main
+    from openmusk.core.dist import is_main
     if is_main():
         summary = {k: v for k, v in result.items() if k not in ("history", "trainer")}
         if result.get("history"):

@@ -156,7 +156,7 @@ def _extract(args: argparse.Namespace) -> int:
 
 def _report(rows: list, summary: Path) -> int:
     """Print this rank's counts; exit code 1 if any slide failed."""
-    from openmusk import dist
+    from openmusk.core import dist
 
     counts: dict[str, int] = {}
     for r in rows:

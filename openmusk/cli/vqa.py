@@ -127,7 +127,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from openmusk.eval.vqa import compare_predictions, open_vqa, read_predictions
-    from openmusk.io import write_json
+    from openmusk.core.io import write_json
 
     if args.compare and not args.predictions:
         raise CliError("--compare needs --predictions (this run's per-question file)")
@@ -171,7 +171,7 @@ def _print_comparison(c: dict, a: str, b: str) -> None:
 
 def _compare(args: argparse.Namespace) -> int:
     from openmusk.eval.vqa import compare_predictions, read_predictions
-    from openmusk.io import write_json
+    from openmusk.core.io import write_json
 
     try:
         c = compare_predictions(read_predictions(args.a), read_predictions(args.b))

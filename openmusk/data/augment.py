@@ -65,13 +65,13 @@ class StainStatistics:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the statistics as JSON (atomically)."""
-        from openmusk.io import write_json
+        from openmusk.core.io import write_json
         return write_json(path, asdict(self))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "StainStatistics":
         """Read statistics written by :meth:`save`, naming the file when keys are wrong."""
-        from openmusk.io import read_json
+        from openmusk.core.io import read_json
         d = read_json(path)
         try:
             return cls(**d)

@@ -9,19 +9,13 @@ separate subpackage and is never imported from here.
 """
 from __future__ import annotations
 
-from openmusk.lazy import lazy_exports
+from openmusk.core.lazy import lazy_exports
 
 _LAZY = {
     "DatasetSpec": "openmusk.eval.specs", "get_dataset_spec": "openmusk.eval.specs",
     "list_dataset_specs": "openmusk.eval.specs", "load_dataset_spec": "openmusk.eval.specs",
     "build_dataset": "openmusk.eval.specs",
-    "Encoder": "openmusk.eval.encoders", "MuskEncoder": "openmusk.eval.encoders",
-    "CallableEncoder": "openmusk.eval.encoders", "OpenClipEncoder": "openmusk.eval.encoders",
-    "TimmEncoder": "openmusk.eval.encoders", "musk_encoder": "openmusk.eval.encoders",
-    "open_clip_encoder": "openmusk.eval.encoders", "timm_encoder": "openmusk.eval.encoders",
-    "FeatureSet": "openmusk.eval.features", "extract_features": "openmusk.eval.features",
-    "cached_features": "openmusk.eval.features", "encode_texts": "openmusk.eval.features",
-    "zero_shot_weights": "openmusk.eval.tasks", "zero_shot_classification": "openmusk.eval.tasks",
+    "cached_features": "openmusk.eval.features", "zero_shot_classification": "openmusk.eval.tasks",
     "cross_modal_retrieval": "openmusk.eval.tasks", "image_retrieval": "openmusk.eval.tasks",
     "linear_probe": "openmusk.eval.tasks", "few_shot": "openmusk.eval.tasks",
     "knn_probe": "openmusk.eval.tasks",

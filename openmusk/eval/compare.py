@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from openmusk.eval.metrics import CLASSIFICATION_METRICS, recall_at_k
-from openmusk.stats import mann_whitney, wilcoxon_paired_bootstrap
+from openmusk.core.stats import mann_whitney, wilcoxon_paired_bootstrap
 
 __all__ = ["compare_results", "metric_inputs"]
 

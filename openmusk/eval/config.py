@@ -56,23 +56,21 @@ class ModelEntry:
             raise ValueError(f"model {self.name!r}: kind {self.kind} needs model: <name>")
 
     def build(self, device: str):
-        """Instantiate the encoder (imports the model's library only now)."""
-        from openmusk.eval import encoders as E
+        """Instantiate the encoder through the encoder registry (imports the model's library only now)."""
+        from openmusk.encoders import load_encoder
 
+        precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(self.dtype, self.dtype)
         if self.kind == "musk":
-            return E.musk_encoder(self.model if self.model or not self.pretrained else None,
-                                  pretrained=self.pretrained, device=device, dtype=self.dtype,
-                                  name=self.name)
+            weights = self.pretrained if self.pretrained else f"random:{self.model or 'musk_large_patch16_384'}"
+            return load_encoder("musk", weights=weights, arch=self.model if self.pretrained else None,
+                                device=device, precision=precision, name=self.name)
         if self.kind == "open_clip":
-            return E.open_clip_encoder(self.model, self.pretrained, device=device, dtype=self.dtype,
-                                       name=self.name)
+            return load_encoder("open_clip", model=self.model, weights=self.pretrained, device=device,
+                                precision=precision, name=self.name)
         if self.kind == "timm":
-            return E.timm_encoder(self.model, pretrained=self.pretrained not in (None, "false"),
-                                  device=device, dtype=self.dtype, name=self.name, **self.kwargs)
-        import importlib
-
-        module, fn = self.factory.split(":", 1)
-        enc = getattr(importlib.import_module(module), fn)(**self.kwargs)
+            return load_encoder("timm", model=self.model, weights=self.pretrained not in (None, False, "false"),
+                                device=device, precision=precision, name=self.name, **self.kwargs)
+        enc = load_encoder(self.factory, **self.kwargs)
         enc.name = self.name
         return enc
 

@@ -19,21 +19,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from openmusk.data.datasets import ImageDataset, collate_skip_bad
-from openmusk.io import atomic_path
+from openmusk.data.datasets import ImageDataset
+from openmusk.encoders.embed import FeatureSet, encode_dataset, encode_texts
+from openmusk.core.io import atomic_path
 
-__all__ = ["FeatureSet", "extract_features", "cached_features", "encode_texts",
-           "cached_text_features", "cache_path"]
-
-
-@dataclass
-class FeatureSet:
-    """Features of the readable items of one dataset split, and the items that failed."""
-
-    features: np.ndarray
-    index: np.ndarray
-    labels: np.ndarray | None
-    failed: list[tuple[int, str]]
+__all__ = ["cached_features", "cached_text_features", "cache_path"]
 
 
 def _safe(s: str) -> str:
@@ -44,38 +34,6 @@ def cache_path(cache_dir: str | os.PathLike, model: str, dataset: str, split: st
                kind: str) -> Path:
     """Where the features of (model, dataset, split, kind) live."""
     return Path(cache_dir) / _safe(model) / _safe(dataset) / f"{_safe(split or 'all')}-{kind}.h5"
-
-
-@torch.no_grad()
-def extract_features(encoder, dataset: ImageDataset, kind: str = "embed", batch_size: int = 64,
-                     num_workers: int = 2, progress: bool = True) -> FeatureSet:
-    """Encode every image of ``dataset``; unreadable images are skipped and reported."""
-    from tqdm import tqdm
-
-    two_stage = getattr(encoder, "worker_transform", None) is not None
-    dataset.transform = encoder.worker_transform if two_stage else encoder.transform
-    device = getattr(encoder, "device", torch.device("cpu"))
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        collate_fn=collate_skip_bad, pin_memory=torch.device(device).type == "cuda",
-        persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)
-    feats, index, bad = [], [], []
-    for images, idx, failed in tqdm(loader, desc=f"{encoder.name} {dataset.name} {kind}",
-                                    unit="batch", disable=not progress, file=sys.stderr):
-        bad.extend(failed.tolist())
-        if images is not None:
-            if two_stage:
-                images = encoder.batch_transform(images)
-            feats.append(encoder.encode_image(images, kind=kind).cpu().numpy().astype(np.float32))
-            index.append(idx.numpy())
-    failed = [(i, dataset.check_image(i) or "unreadable") for i in bad]
-    for i, reason in failed:
-        print(f"skipped {reason}", file=sys.stderr)
-    if not feats:
-        raise ValueError(f"{dataset.name}: none of its {len(dataset)} images could be read")
-    index_arr = np.concatenate(index)
-    labels = np.asarray(dataset.labels)[index_arr] if dataset.labels is not None else None
-    return FeatureSet(np.concatenate(feats), index_arr, labels, failed)
 
 
 def _write(path: Path, fs: FeatureSet, attrs: dict) -> None:
@@ -112,26 +70,16 @@ def cached_features(encoder, dataset: ImageDataset, split: str | None, kind: str
                     cache_dir: str | os.PathLike | None, **kwargs) -> FeatureSet:
     """:func:`extract_features`, reusing ``cache_dir``'s file for the same model/dataset/split/kind."""
     if cache_dir is None:
-        return extract_features(encoder, dataset, kind=kind, **kwargs)
+        return encode_dataset(encoder, dataset, kind=kind, **kwargs)
     path = cache_path(cache_dir, encoder.name, dataset.name, split, kind)
     if path.is_file():
         fs, attrs = _read(path)
         if int(attrs.get("n_items", -1)) == len(dataset):
             return fs
-    fs = extract_features(encoder, dataset, kind=kind, **kwargs)
+    fs = encode_dataset(encoder, dataset, kind=kind, **kwargs)
     _write(path, fs, {"model": encoder.name, "dataset": dataset.name, "split": split or "all",
                       "kind": kind, "n_items": len(dataset)})
     return fs
-
-
-@torch.no_grad()
-def encode_texts(encoder, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-    """Encode texts in batches; (n, D) float32."""
-    if not encoder.has_text:
-        raise ValueError(f"encoder {encoder.name!r} has no text tower")
-    out = [encoder.encode_text(list(texts[s:s + batch_size])).cpu().numpy()
-           for s in range(0, len(texts), batch_size)]
-    return np.concatenate(out).astype(np.float32)
 
 
 def cached_text_features(encoder, texts: Sequence[str], dataset: str, split: str | None,

@@ -7,7 +7,7 @@ import html
 import os
 from pathlib import Path
 
-from openmusk.io import atomic_path, read_json
+from openmusk.core.io import atomic_path, read_json
 
 __all__ = ["load_results", "results_rows", "format_table", "comparison_rows", "write_report"]
 

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from openmusk.encoders.embed import zero_shot_weights
 from openmusk.eval import tasks as T
 from openmusk.eval.config import DatasetEntry, EvalConfig
 from openmusk.eval.features import FeatureSet, cached_features, cached_text_features
 from openmusk.eval.specs import DatasetSpec, build_dataset, get_dataset_spec
-from openmusk.io import write_json
+from openmusk.core.io import write_json
 
 __all__ = ["run_eval", "cell_path"]
 
@@ -73,7 +74,7 @@ def _run_task(task: str, cell: _Cell) -> dict:
     test = e.test_split if cell.has_split(e.test_split) else None
     if task == "zeroshot":
         x, y = cell.labelled(test, "embed")
-        w = T.zero_shot_weights(cell.enc, spec.classes, spec.templates)
+        w = zero_shot_weights(cell.enc, spec.classes, spec.templates)
         return T.zero_shot_classification(x, y, w, **kw)
     if task == "retrieval":
         ds = cell.dataset(test)

@@ -12,9 +12,9 @@ import numpy as np
 
 from openmusk.eval.metrics import (CLASSIFICATION_METRICS, image_retrieval_outcomes, recall_at_k,
                                    retrieval_ranks)
-from openmusk.stats import bootstrap_ci, mean_ci
+from openmusk.core.stats import bootstrap_ci, mean_ci
 
-__all__ = ["zero_shot_weights", "zero_shot_classification", "cross_modal_retrieval",
+__all__ = ["zero_shot_classification", "cross_modal_retrieval",
            "image_retrieval", "linear_probe", "few_shot", "knn_probe", "classification_result",
            "DEFAULT_C_GRID"]
 
@@ -34,18 +34,6 @@ def classification_result(task: str, y_true: Sequence[int], y_pred: Sequence[int
                for k, f in CLASSIFICATION_METRICS.items()}
     return {"task": task, "metrics": metrics,
             "per_sample": {"y_true": t.tolist(), "y_pred": p.tolist()}, "details": details}
-
-
-def zero_shot_weights(encoder, classes: Sequence[str], templates: Sequence[str],
-                      batch_size: int = 256) -> np.ndarray:
-    """Class embeddings from prompt ensembles: mean of the normalised prompt embeddings, renormalised."""
-    from openmusk.eval.features import encode_texts
-
-    if not classes:
-        raise ValueError("zero-shot classification needs class names")
-    prompts = [t.replace("{c}", c) for c in classes for t in templates]
-    emb = _l2(encode_texts(encoder, prompts, batch_size)).reshape(len(classes), len(templates), -1)
-    return _l2(emb.mean(1)).astype(np.float32)
 
 
 def zero_shot_classification(image_features: np.ndarray, labels: Sequence[int],

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from openmusk.io import atomic_path, read_json, write_json
+from openmusk.core.io import atomic_path, read_json, write_json
 from openmusk.mil.cohort import BagDataset, PatientRecord, attach_features, read_cohort
 from openmusk.mil.config import MilConfig
 from openmusk.mil.losses import assign_bins, time_bins
@@ -44,7 +44,7 @@ def build_model(config: MilConfig, task, in_dim: int, report_dim: int,
 def report_embeddings(config: MilConfig, records: list[PatientRecord], progress: bool = True) -> np.ndarray:
     """(P, E) MUSK report embeddings of the patients, cached in ``config.report_cache``."""
     import openmusk
-    from openmusk.mil.reports import embed_reports
+    from openmusk.text.report import embed_reports
 
     model = openmusk.create_model(config.report_model, pretrained=config.report_weights)
     cache = config.report_cache or str(Path(config.output_dir) / "report_embeddings.h5")

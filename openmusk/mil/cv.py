@@ -17,11 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from openmusk.io import atomic_path, read_json, write_json
+from openmusk.core.io import atomic_path, read_json, write_json
 from openmusk.mil.cohort import collate_bags
 from openmusk.mil.tasks import task_from_dict
 from openmusk.mil.trainer import TrainConfig, evaluate, fit
-from openmusk.stats import mean_ci
+from openmusk.core.stats import mean_ci
 
 __all__ = ["stratified_folds", "validation_split", "cross_validate", "save_model", "load_model_state",
            "FOLD_METRIC"]

@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from openmusk.io import atomic_path
+from openmusk.core.io import atomic_path
 
 __all__ = ["save_attention", "read_attention", "render_attention"]
 

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from scipy.stats import rankdata
 
-from openmusk.stats import Estimate, bootstrap_ci, mann_whitney
+from openmusk.core.stats import Estimate, bootstrap_ci, mann_whitney
 
 __all__ = ["roc_auc", "auc_ci", "specificity_at_sensitivity", "balanced_accuracy", "harrell_c",
            "uno_c", "censoring_survival", "km_risk_groups", "cox_multivariable",

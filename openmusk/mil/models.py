@@ -286,7 +286,7 @@ def save_aggregator(aggregator: nn.Module, path: str | os.PathLike) -> None:
     """Write an aggregator's weights as safetensors (the format :func:`load_aggregator` reads)."""
     from safetensors.torch import save_file
 
-    from openmusk.io import atomic_path
+    from openmusk.core.io import atomic_path
 
     state = {k: v.detach().cpu().contiguous() for k, v in aggregator.state_dict().items()}
     with atomic_path(path, suffix=".safetensors.tmp") as tmp:

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from openmusk.io import atomic_path
+from openmusk.core.io import atomic_path
 
 __all__ = ["plot_roc", "plot_km"]
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from openmusk.mil.cohort import collate_bags
-from openmusk.optim import build_adamw, param_groups, warmup_cosine
+from openmusk.core.optim import build_adamw, param_groups, warmup_cosine
 
 __all__ = ["TrainConfig", "fit", "evaluate", "resolve_device", "class_balanced_weights"]
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from ..io import atomic_path
+from ..core.io import atomic_path
 from .config import MuskConfig
 from .hub import resolve_weights
 from .musk import POSITION_OFFSET, interpolate_positions

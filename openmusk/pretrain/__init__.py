@@ -5,7 +5,7 @@ Names load on first use, so ``import openmusk.pretrain`` stays light (and never 
 """
 from __future__ import annotations
 
-from openmusk.lazy import lazy_exports
+from openmusk.core.lazy import lazy_exports
 
 _LAZY = {
     "TokenizerStageConfig": "openmusk.pretrain.config",

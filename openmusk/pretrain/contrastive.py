@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openmusk.dist import all_gather_with_grad, rank
+from openmusk.core.dist import all_gather_with_grad, rank
 from openmusk.pretrain.masked import MLMHead, masked_token_loss
 
 __all__ = ["clip_loss", "CrossAttentionDecoder", "ContrastiveAlignment", "MAX_LOGIT_SCALE"]

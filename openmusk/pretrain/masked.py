@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openmusk.dist import all_reduce_sum, world_size
+from openmusk.core.dist import all_reduce_sum, world_size
 from openmusk.pretrain.vqkd import VQKD
 
 __all__ = ["MLMHead", "MaskedModelling", "masked_token_loss"]

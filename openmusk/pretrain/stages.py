@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from openmusk.dist import init_distributed, is_main, rank, world_size
-from openmusk.io import atomic_path, write_json
+from openmusk.core.dist import init_distributed, is_main, rank, world_size
+from openmusk.core.io import atomic_path, write_json
 from openmusk.pretrain.config import (ContrastiveStageConfig, DataConfig, FilterConfig,
                                       MaskedStageConfig, ShardsConfig, TokenizerStageConfig)
 from openmusk.pretrain.contrastive import ContrastiveAlignment

@@ -1,7 +1,7 @@
 """The pretraining loop shared by the tokenizer, stage 1 and stage 2.
 
 One process or many under ``torchrun`` (DDP or FSDP through ``torch.distributed``); AdamW with
-the paper's defaults from :mod:`openmusk.optim`; bf16 autocast; gradient accumulation;
+the paper's defaults from :mod:`openmusk.core.optim`; bf16 autocast; gradient accumulation;
 activation checkpointing; atomic checkpoints holding model, optimiser, scheduler, data position
 and RNG state, from which a killed run resumes exactly; logs to CSV and TensorBoard.
 """
@@ -20,9 +20,9 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from openmusk.dist import init_distributed, is_main, rank, world_size
-from openmusk.io import atomic_path
-from openmusk.optim import build_adamw, param_groups, warmup_cosine
+from openmusk.core.dist import init_distributed, is_main, rank, world_size
+from openmusk.core.io import atomic_path
+from openmusk.core.optim import build_adamw, param_groups, warmup_cosine
 from openmusk.pretrain.stream import JointLoader
 
 __all__ = ["TrainConfig", "Trainer", "resolve_device"]

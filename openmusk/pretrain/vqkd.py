@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from openmusk.io import atomic_path
+from openmusk.core.io import atomic_path
 
 __all__ = ["VQKDConfig", "VQKD", "NormEMACodebook", "Teacher", "resolve_teacher", "codebook_stats",
            "save_tokenizer", "load_tokenizer", "VQKDObjective"]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from openmusk.io import atomic_path, write_json
+from openmusk.core.io import atomic_path, write_json
 from openmusk.slide.extract import ExtractConfig, encoder_name, extract_slide, read_features
 from openmusk.slide.heatmap import draw_heatmap, export_tile_scores, top_tiles_grid
 from openmusk.slide.reader import open_slide

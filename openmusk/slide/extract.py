@@ -27,8 +27,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from openmusk import dist
-from openmusk.io import atomic_path, write_json
+from openmusk.core import dist
+from openmusk.core.io import atomic_path, write_json
 from openmusk.slide.reader import Slide, SlideError, list_slides, open_slide
 from openmusk.slide.tiling import TilingConfig, Tiles, config_matches, read_coords, tile_slide, write_coords
 from openmusk.slide.tissue import ClassicalSegmenter, segment_tissue

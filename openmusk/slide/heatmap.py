@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from openmusk.io import atomic_path, write_json
+from openmusk.core.io import atomic_path, write_json
 from openmusk.slide.reader import Slide, open_slide
 
 __all__ = ["score_map", "draw_heatmap", "heatmap_from_features", "export_tile_scores", "top_tiles_grid"]

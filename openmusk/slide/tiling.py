@@ -15,7 +15,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from openmusk.io import atomic_path
+from openmusk.core.io import atomic_path
 from openmusk.slide.reader import Slide
 from openmusk.slide.tissue import TissueMask
 

@@ -10,7 +10,7 @@ from sklearn.metrics import average_precision_score
 
 from openmusk.eval.metrics import (classification_metrics, image_retrieval_outcomes,
                                    nearest_neighbors, recall_at_k, retrieval_ranks)
-from openmusk.stats import bootstrap_ci
+from openmusk.core.stats import bootstrap_ci
 
 
 def test_classification_metrics_match_brute_force_loops():

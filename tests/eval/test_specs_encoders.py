@@ -15,7 +15,7 @@ from openmusk.eval.features import cache_path, cached_features, cached_text_feat
 from openmusk.eval.specs import (DatasetSpec, build_dataset, get_dataset_spec, list_dataset_specs,
                                  load_dataset_spec)
 from openmusk.eval.tasks import classification_result, few_shot
-from openmusk.stats import wilcoxon_paired_bootstrap
+from openmusk.core.stats import wilcoxon_paired_bootstrap
 
 
 def test_registry_holds_the_papers_datasets_with_prompts():

@@ -61,7 +61,7 @@ def test_mil_train_and_predict_cli(cohort, capsys):
     out = capsys.readouterr().out
     assert "fold 0: AUC" in out and "skipped Pmissing/no_such_slide" in out
     res = cohort / "results"
-    from openmusk.io import read_json
+    from openmusk.core.io import read_json
 
     metrics = read_json(res / "metrics.json")
     # nest vs stroma from real tiles, features of a randomly initialised tiny MUSK: measured 0.82

@@ -14,7 +14,7 @@ from PIL import Image
 
 import openmusk
 from openmusk.cli import main
-from openmusk.io import read_json
+from openmusk.core.io import read_json
 from openmusk.pretrain.mstar.downstream import few_shot_slides
 from openmusk.pretrain.mstar.stage2 import PATCH_ENCODER_WEIGHTS, patch_features
 from openmusk.pretrain.mstar.synthetic import write_h5_features

@@ -13,8 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from openmusk.eval.vqa.answers import is_closed, normalize_answer
-from openmusk.io import atomic_path
-from openmusk.stats import Estimate, bootstrap_ci, mann_whitney
+from openmusk.core.io import atomic_path
+from openmusk.core.stats import Estimate, bootstrap_ci, mann_whitney
 
 __all__ = ["exact_match", "vqa_accuracy", "accuracy_report", "write_predictions",
            "read_predictions", "compare_predictions", "PREDICTION_FIELDS"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from openmusk.io import atomic_path
+from openmusk.core.io import atomic_path
 
 __all__ = ["plot_history", "plot_accuracies"]
 

@@ -17,7 +17,7 @@ from openmusk.eval.vqa.answers import AnswerVocab, is_closed, normalize_answer
 from openmusk.eval.vqa.data import VQACollate, VQAData, VQADataset
 from openmusk.eval.vqa.evaluate import accuracy_report, write_predictions
 from openmusk.eval.vqa.model import MuskVQA
-from openmusk.io import write_json
+from openmusk.core.io import write_json
 
 __all__ = ["save_vqa", "load_vqa", "VQAPredictor", "autocast"]
 
@@ -37,7 +37,7 @@ def save_vqa(model: MuskVQA, vocab: AnswerVocab, folder: str | os.PathLike,
     from safetensors.torch import save_file
 
     import openmusk
-    from openmusk.io import atomic_path
+    from openmusk.core.io import atomic_path
 
     if len(vocab) != model.num_answers:
         raise ValueError(f"vocabulary has {len(vocab)} answers, the classifier {model.num_answers}")
@@ -60,7 +60,7 @@ def load_vqa(folder: str | os.PathLike, device: str | torch.device | None = None
     from safetensors.torch import load_file
 
     import openmusk
-    from openmusk.io import read_json
+    from openmusk.core.io import read_json
 
     folder = Path(folder)
     for name in (BACKBONE_FILE, HEAD_FILE, ANSWERS_FILE):

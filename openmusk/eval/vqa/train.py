@@ -31,8 +31,8 @@ from openmusk.eval.vqa.data import VQACollate, VQAData, VQADataset, canonical_sp
 from openmusk.eval.vqa.model import FREEZE_MODES, MuskVQA, set_trainable
 from openmusk.eval.vqa.plots import plot_history
 from openmusk.eval.vqa.predictor import ANSWERS_FILE, VQAPredictor, autocast, save_vqa
-from openmusk.io import read_json, write_json
-from openmusk.optim import build_adamw, param_groups, warmup_cosine
+from openmusk.core.io import read_json, write_json
+from openmusk.core.optim import build_adamw, param_groups, warmup_cosine
 
 __all__ = ["VQATrainConfig", "train_vqa", "build_vqa_model", "build_vqa_optimizer"]
 
@@ -139,7 +139,7 @@ def _save_resume(folder: Path, model: MuskVQA, opt, sched, epoch: int, history: 
     """Model, optimiser and scheduler after ``epoch`` (atomic files), for ``train_vqa`` to resume."""
     from safetensors.torch import save_file
 
-    from openmusk.io import atomic_path
+    from openmusk.core.io import atomic_path
 
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "model.safetensors", suffix=".safetensors.tmp") as tmp:

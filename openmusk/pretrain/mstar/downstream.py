@@ -43,7 +43,7 @@ def few_shot_slides(features: np.ndarray, labels: Sequence[int], k: int, seeds: 
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-    from openmusk.stats import mean_ci
+    from openmusk.core.stats import mean_ci
 
     if method not in ("linear", "prototype"):
         raise ValueError(f"method must be 'linear' or 'prototype', got {method!r}")

@@ -3,7 +3,7 @@
 For every pair of modalities (slide-report, slide-RNA, report-RNA) the symmetric InfoNCE loss is
 computed over the patients that have both; a pair with fewer than two such patients in the batch
 contributes nothing. Under ``torch.distributed`` embeddings and presence masks are gathered from
-all ranks (with gradients through the local shard) by ``openmusk.dist.all_gather_with_grad``.
+all ranks (with gradients through the local shard) by ``openmusk.core.dist.all_gather_with_grad``.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from itertools import combinations
 import torch
 import torch.nn.functional as F
 
-from openmusk.dist import all_gather_with_grad
+from openmusk.core.dist import all_gather_with_grad
 
 __all__ = ["pair_clip_loss", "TriModalClipLoss"]
 

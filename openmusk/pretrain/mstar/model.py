@@ -139,7 +139,7 @@ def save_stage1(model: MstarModel, path: str | os.PathLike) -> None:
     """Write the whole stage-1 model as safetensors with its architecture in the metadata."""
     from safetensors.torch import save_file
 
-    from openmusk.io import atomic_path
+    from openmusk.core.io import atomic_path
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path, suffix=".safetensors.tmp") as tmp:

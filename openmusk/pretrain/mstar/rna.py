@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from openmusk.io import read_json, write_json
+from openmusk.core.io import read_json, write_json
 
 __all__ = ["RnaPreprocessor", "RnaEncoder"]
 

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from openmusk.io import atomic_path, write_json
+from openmusk.core.io import atomic_path, write_json
 from openmusk.pretrain.mstar.cohort import Cohort, PatientRecord, load_cohort, read_bag, read_rna_table
 from openmusk.pretrain.mstar.config import AggregatorPretrainConfig
 from openmusk.pretrain.mstar.loss import TriModalClipLoss
@@ -190,7 +190,7 @@ def pretrain_aggregator(cfg: AggregatorPretrainConfig, progress: bool = True) ->
     from tqdm.auto import tqdm
 
     from openmusk.mil.models import save_aggregator
-    from openmusk.optim import build_adamw, param_groups, warmup_cosine
+    from openmusk.core.optim import build_adamw, param_groups, warmup_cosine
 
     if cfg.text_mode not in ("frozen", "tuned"):
         raise ValueError(f"text_mode must be 'frozen' or 'tuned', got {cfg.text_mode!r}")

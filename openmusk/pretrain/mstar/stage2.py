@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openmusk.io import atomic_path, write_json
+from openmusk.core.io import atomic_path, write_json
 from openmusk.pretrain.mstar.config import SelfTaughtConfig
 from openmusk.pretrain.mstar.model import MstarPretrained, aggregator_tokens
 
@@ -141,7 +141,7 @@ def self_taught(cfg: SelfTaughtConfig, progress: bool = True) -> dict:
     import openmusk
     from tqdm.auto import tqdm
 
-    from openmusk.optim import build_adamw, param_groups, warmup_cosine
+    from openmusk.core.optim import build_adamw, param_groups, warmup_cosine
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ class TriModalCohort:
 def write_h5_features(path: str | os.PathLike, features: np.ndarray, coords: np.ndarray,
                       patch_size: int = 256, level: int = 0) -> None:
     """Write a slide's features in the TRIDENT layout: ``features`` (N, D) float32, ``coords`` (N, 2) int."""
-    from openmusk.io import atomic_path
+    from openmusk.core.io import atomic_path
 
     with atomic_path(path, suffix=".h5.tmp") as tmp:
         with h5py.File(tmp, "w") as f:

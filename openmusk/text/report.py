@@ -1,4 +1,4 @@
-"""Pathology-report embeddings from MUSK's language side, computed once and cached in HDF5.
+"""Report text: the one long-text embedding every stage uses (``embed texts``, mil, mSTAR), and its cache.
 
 Which embedding: the L2-normalised ``language_head`` output of the ``<s>`` token
 (``model.encode_text(head=True, normalize=True)``). It is the representation MUSK's contrastive
@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["model_fingerprint", "text_key", "embed_report", "embed_reports"]
+__all__ = ["report_embeddings", "embed_report", "embed_reports", "model_fingerprint", "text_key"]
 
 
 def model_fingerprint(model: torch.nn.Module, name: str = "") -> str:
@@ -38,23 +38,48 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def report_embeddings(model: torch.nn.Module, tokenizer, texts: Sequence[str], max_len: int = 100,
+                      batch_size: int = 64, head: bool = True, normalize: bool = True) -> torch.Tensor:
+    """(B, D) embeddings of ``texts`` on the model's device, with gradients when enabled.
+
+    Each text is cut into windows of ``max_len - 2`` pieces; all windows of all texts go through
+    ``model.encode_text`` in batches of ``batch_size``; each text's windows are averaged with weights
+    equal to their piece counts and the mean is L2-normalised (``normalize``). A text within
+    ``max_len`` tokens gives exactly its plain embedding. An empty text is an error naming it.
+    """
+    ids, pads, owner, weights = [], [], [], []
+    for i, text in enumerate(texts):
+        if not str(text).strip():
+            raise ValueError(f"text {i} is empty (an empty report carries no information; mark it missing)")
+        a, b = tokenizer.encode_chunks(str(text), max_len=max_len)
+        ids.append(a)
+        pads.append(b)
+        owner += [i] * len(a)
+        weights.append(((~b.bool()).sum(1) - 2).clamp(min=1))  # pieces per window, specials excluded
+    device = next(model.parameters()).device
+    if not ids:
+        return torch.zeros(0, model.config.embed_dim, device=device)
+    ids_t, pad_t = torch.cat(ids), torch.cat(pads)
+    emb = torch.cat([model.encode_text(ids_t[s:s + batch_size].to(device), pad_t[s:s + batch_size].to(device),
+                                       head=head, normalize=normalize).float()
+                     for s in range(0, len(ids_t), batch_size)])
+    owner_t = torch.tensor(owner, device=device)
+    w = torch.cat(weights).to(device=device, dtype=emb.dtype)
+    total = torch.zeros(len(texts), emb.shape[1], device=device, dtype=emb.dtype).index_add(0, owner_t, emb * w[:, None])
+    mean = total / torch.zeros(len(texts), device=device, dtype=emb.dtype).index_add(0, owner_t, w)[:, None]
+    return torch.nn.functional.normalize(mean, dim=-1) if normalize else mean
+
+
 @torch.no_grad()
 def embed_report(model: torch.nn.Module, tokenizer, text: str, max_len: int = 100,
                  batch_size: int = 16) -> np.ndarray:
-    """One report -> (D,) normalised embedding; long reports by piece-weighted chunk averaging."""
-    ids, pad = tokenizer.encode_chunks(text, max_len=max_len)
-    device = next(model.parameters()).device
-    embs = torch.cat([model.encode_text(ids[i:i + batch_size].to(device), pad[i:i + batch_size].to(device),
-                                        head=True, normalize=True).float().cpu()
-                      for i in range(0, len(ids), batch_size)])
-    weights = ((~pad.bool()).sum(1) - 2).clamp(min=1).float()  # pieces per window, specials excluded
-    mean = (embs * weights[:, None]).sum(0) / weights.sum()
-    return torch.nn.functional.normalize(mean, dim=0).numpy()
+    """One report -> (D,) normalised embedding (see :func:`report_embeddings`)."""
+    return report_embeddings(model, tokenizer, [text], max_len, batch_size)[0].cpu().numpy()
 
 
 def embed_reports(texts: Sequence[str], model: torch.nn.Module, tokenizer,
                   cache: str | os.PathLike | None = None, model_name: str = "",
-                  progress: bool = False) -> np.ndarray:
+                  progress: bool = False, max_len: int = 100, batch_size: int = 16) -> np.ndarray:
     """(N, D) embeddings of ``texts``, read from / added to the HDF5 ``cache`` when given.
 
     Empty texts are an error naming their positions (an empty report carries no information and
@@ -78,8 +103,13 @@ def embed_reports(texts: Sequence[str], model: torch.nn.Module, tokenizer,
 
         was_training = model.training
         model.eval()
-        new = {text_key(t): embed_report(model, tokenizer, t)
-               for t in tqdm(todo, desc="report embeddings", disable=not progress)}
+        new = {}
+        for s in tqdm(range(0, len(todo), batch_size), desc="report embeddings", unit="batch",
+                      disable=not progress):
+            chunk = todo[s:s + batch_size]
+            with torch.no_grad():
+                vecs = report_embeddings(model, tokenizer, chunk, max_len=max_len).cpu().numpy()
+            new.update({text_key(t): v for t, v in zip(chunk, vecs)})
         model.train(was_training)
         found.update(new)
         if cache is not None:
@@ -93,7 +123,7 @@ def _append_cache(cache: str | os.PathLike, group: str, vectors: dict[str, np.nd
 
     import h5py
 
-    from openmusk.io import atomic_path
+    from openmusk.core.io import atomic_path
 
     with atomic_path(cache, suffix=".h5.tmp") as tmp:
         if os.path.isfile(cache):
