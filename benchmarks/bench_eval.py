@@ -51,9 +51,9 @@ class TimedEncoder:
     def batch_transform(self, x: torch.Tensor) -> torch.Tensor:
         return self.enc.batch_transform(x)
 
-    def encode_image(self, x: torch.Tensor, kind: str = "embed") -> torch.Tensor:
+    def encode_image(self, x: torch.Tensor, kind: str = "embed", normalize: bool = True) -> torch.Tensor:
         t0 = time.perf_counter()
-        out = self.enc.encode_image(x, kind=kind).cpu()
+        out = self.enc.encode_image(x, kind=kind, normalize=normalize).cpu()
         self.seconds += time.perf_counter() - t0
         return out
 
@@ -75,21 +75,21 @@ def make_tiles(folder: Path, n: int, size: int) -> None:
 
 
 def bench_extraction(args) -> None:
-    import openmusk
+    from openmusk.core.runtime import resolve_device, resolve_precision
     from openmusk.data.datasets import ImageFolderDataset
-    from openmusk.eval.encoders import MuskEncoder
-    from openmusk.eval.features import extract_features
+    from openmusk.encoders import MuskEncoder, encode_dataset
+    from openmusk.model import create_model, get_config
 
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    config = openmusk.get_config(args.model)
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision or "fp32", device)
+    config = get_config(args.model)
     if args.width:  # a model between the tiny test model and the released one
         config = dataclasses.replace(config, embed_dim=args.width, num_heads=args.width // 64,
                                      ffn_dim=4 * args.width, depth=args.depth or config.depth)
-    model = openmusk.create_model(config, device=device)
+    model = create_model(config, device=device)
     label = f"{args.model}" + (f" width {config.embed_dim} depth {config.depth}" if args.width else "")
-    amp = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    enc = MuskEncoder(model, name=label, amp_dtype=amp)
+    enc = MuskEncoder(model, name=label, precision=precision)
     with tempfile.TemporaryDirectory() as tmp:
         make_tiles(Path(tmp), args.n_images, args.tile)
         ds = ImageFolderDataset(tmp)
@@ -98,8 +98,8 @@ def bench_extraction(args) -> None:
         tensors = torch.stack([enc.transform(ds.load_image(i)) for i in range(len(ds))])
         prep = time.perf_counter() - t0
         print(f"decode + plain float transform alone, main process: {len(ds) / prep:.1f} img/s")
-        extract_features(enc, ds, batch_size=args.batch_size, num_workers=args.workers,
-                         progress=False)  # warm-up (threads, allocator, worker start)
+        encode_dataset(enc, ds, batch_size=args.batch_size, num_workers=args.num_workers,
+                       progress=False)  # warm-up (threads, allocator, worker start)
         for kind in args.kinds:
             bare = bare_cpu = pipe = pipe_cpu = float("inf")
             timed, waits = TimedEncoder(enc), []
@@ -110,15 +110,15 @@ def bench_extraction(args) -> None:
                 bare = min(bare, time.perf_counter() - t0)
                 bare_cpu = min(bare_cpu, cpu_seconds() - c0)
                 t0, c0, timed.seconds = time.perf_counter(), cpu_seconds(), 0.0
-                fs = extract_features(timed, ds, kind=kind, batch_size=args.batch_size,
-                                      num_workers=args.workers, progress=False)
+                fs = encode_dataset(timed, ds, kind=kind, batch_size=args.batch_size,
+                                    num_workers=args.num_workers, progress=False)
                 waits.append((time.perf_counter() - t0) / timed.seconds - 1)
                 pipe = min(pipe, time.perf_counter() - t0)
                 pipe_cpu = min(pipe_cpu, cpu_seconds() - c0)
                 assert len(fs.features) == len(ds)
-            print(f"extraction [{label}, {kind}, {device.type}/{args.dtype}, {len(ds)} JPEG "
+            print(f"extraction [{label}, {kind}, {device.type}/{precision}, {len(ds)} JPEG "
                   f"tiles {args.tile}px -> {model.config.img_size}px, batch {args.batch_size}, "
-                  f"{args.workers} workers]: "
+                  f"{args.num_workers} workers]: "
                   f"bare forward {len(ds) / bare:.1f} img/s, pipeline {len(ds) / pipe:.1f} img/s, "
                   f"pipeline/bare wall time = {pipe / bare:.3f} ({100 * (pipe / bare - 1):+.1f}%), "
                   f"CPU seconds (all processes) = {pipe_cpu / bare_cpu:.3f} "
@@ -166,6 +166,8 @@ def bench_retrieval(args) -> None:
 
 
 def main() -> None:
+    from openmusk.cli.common import add_runtime_args, add_workers_arg
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="musk_tiny_patch16_384")
     p.add_argument("--width", type=int, default=0,
@@ -174,16 +176,14 @@ def main() -> None:
     p.add_argument("--n-images", type=int, default=96)
     p.add_argument("--tile", type=int, default=224, help="tile size on disk (resized to the model size)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=2)
+    add_workers_arg(p, default=2)
     p.add_argument("--kinds", nargs="+", default=["embed", "probe"], choices=["embed", "probe"])
     p.add_argument("--retrieval-n", type=int, default=10000)
     p.add_argument("--dim", type=int, default=1024, help="embedding width (MUSK large: 1024)")
     p.add_argument("--chunk", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="autocast precision of the model forward")
+    add_runtime_args(p)   # --device (default auto), --precision (default here: fp32; --dtype accepted)
     p.add_argument("--quick", action="store_true",
                    help="64 tiles, embed only, 2 repeats, 5k x 5k retrieval")
     args = p.parse_args()

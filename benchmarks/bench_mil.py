@@ -16,7 +16,7 @@ import torch
 
 from openmusk.mil.models import MilModel, build_aggregator
 from openmusk.mil.tasks import ClassificationTask
-from openmusk.mil.trainer import TrainConfig, fit
+from openmusk.mil.trainer import FitConfig, fit
 
 
 def _peak_mib() -> float:
@@ -68,7 +68,7 @@ def cohort_epoch(n_slides: int, dim: int, mean_tiles: int) -> float:
                      "time": float("nan"), "event": -1, "bin": -1})
     model = MilModel(build_aggregator("abmil", dim), 2)
     start = time.perf_counter()
-    fit(model, bags, None, ClassificationTask(["a", "b"]), TrainConfig(epochs=1, device="cpu"))
+    fit(model, bags, None, ClassificationTask(["a", "b"]), FitConfig(epochs=1, device="cpu"))
     return time.perf_counter() - start
 
 

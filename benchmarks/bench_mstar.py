@@ -52,8 +52,8 @@ def _run(args: tuple, queue: mp.Queue) -> None:
     from openmusk.pretrain.mstar.stage1 import pretrain_aggregator
 
     cfg = AggregatorPretrainConfig(table=str(root / "cohort.csv"), rna_table=str(root / "rna.csv"),
-                                   out_dir=str(root / f"out_{aggregator}_{max_patches}"), aggregator=aggregator,
-                                   hidden_dim=hidden, embed_dim=128, musk_model="musk_tiny_patch16_384", weights="",
+                                   output_dir=str(root / f"out_{aggregator}_{max_patches}"), aggregator=aggregator,
+                                   hidden_dim=hidden, embed_dim=128, arch="musk_tiny_patch16_384", weights="random",
                                    n_genes=100, batch_size=batch, epochs=2, max_patches=max_patches,
                                    device=device, resume=False)
     hist = pretrain_aggregator(cfg, progress=False)["history"]

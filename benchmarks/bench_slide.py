@@ -62,9 +62,8 @@ def bench_reading(tiles, workers: list[int], batch_size: int) -> None:
 
 def bench_end_to_end(name: str, n_tiles: int | None, overlap: float, batch_size: int, workers: int,
                      repeats: int) -> None:
-    import openmusk
-    from openmusk.slide import ExtractConfig, TilingConfig, Tiles, extract_slide, write_coords
-    from openmusk.slide.extract import encode_batch
+    from openmusk.encoders import load_encoder
+    from openmusk.slide import ExtractConfig, TilingConfig, Tiles, extract_slide, open_slide, write_coords
 
     tiling = TilingConfig(overlap=overlap)
     tiles = cut_tiles(overlap, tiling.min_tissue)
@@ -72,29 +71,27 @@ def bench_end_to_end(name: str, n_tiles: int | None, overlap: float, batch_size:
         tiles = Tiles(tiles.coords[:n_tiles], tiles.attrs)
     torch.manual_seed(0)
     t = time.perf_counter()
-    model = openmusk.create_model(name)
+    encoder = load_encoder("musk", weights="random", arch=name, device="cpu", precision="fp32")
     build = time.perf_counter() - t
-    config = ExtractConfig(model=name, weights=None, batch_size=batch_size, num_workers=workers,
-                           precision="fp32", tiling=tiling)
+    config = ExtractConfig(batch_size=batch_size, num_workers=workers, tiling=tiling)
     print(f"\n== {name}: {len(tiles)} tiles, multiscale, batch {batch_size}, {workers} workers, "
           f"best of {repeats} (model built in {build:.1f} s)")
     # the model alone on the same tiles, already decoded and batched in memory
-    from openmusk.slide import open_slide
-
     with open_slide(SLIDE) as s:
         arrays = np.stack([np.asarray(s.read_region(tuple(map(int, c)), (384, 384), 0.5)) for c in tiles.coords])
-    batches = torch.from_numpy(arrays).permute(0, 3, 1, 2).split(batch_size)
+    batches = torch.from_numpy(arrays).split(batch_size)
     fwd = e2e = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        for b in batches:
-            encode_batch(model, b, True, torch.device("cpu"), "fp32")
+        with torch.inference_mode():
+            for b in batches:
+                encoder.encode_image(encoder.batch_transform(b), kind="probe", normalize=False)
         fwd = min(fwd, time.perf_counter() - t)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp)
             write_coords(out / "coords" / f"{SLIDE.stem}.h5", tiles)   # extraction reuses these tiles
             t = time.perf_counter()
-            result = extract_slide(SLIDE, out, model, config, progress=False)
+            result = extract_slide(SLIDE, out, encoder, config, progress=False)
             e2e = min(e2e, time.perf_counter() - t)
         assert result.tiles == len(tiles), result
     print(f"  end to end   {len(tiles) / e2e:8.3g} tiles/s  ({e2e:.2f} s)")

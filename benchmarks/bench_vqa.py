@@ -19,10 +19,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-import openmusk
+from openmusk.cli.common import add_runtime_args
+from openmusk.core.runtime import autocast, resolve_device, resolve_precision
 from openmusk.eval.vqa import MuskVQA, VQATrainConfig, set_trainable
-from openmusk.eval.vqa.predictor import autocast
 from openmusk.eval.vqa.train import build_vqa_optimizer
+from openmusk.model import create_model, get_config
+from openmusk.text import get_tokenizer
 
 QUESTIONS = ["is there evidence of necrosis in this image?", "what does this image show?",
              "are the nuclei pleomorphic?", "where is the lesion located?"]
@@ -43,23 +45,23 @@ def _sync(device: torch.device) -> None:
 
 
 def bench(name: str, batch: int, steps: int, answers: int, max_len: int, freeze: str,
-          bf16: bool, device: torch.device, img_size: int | None = None) -> dict:
+          precision: str, device: torch.device, img_size: int | None = None) -> dict:
     """Train and inference samples/s of one model size."""
     torch.manual_seed(0)
-    config = openmusk.get_config(SIZES[name])
+    config = get_config(SIZES[name])
     if img_size:
         config = dataclasses.replace(config, img_size=img_size)
-    model = MuskVQA(openmusk.create_model(config, device=device), answers).to(device)
+    model = MuskVQA(create_model(config, device=device), answers).to(device)
     size = model.backbone.config.img_size
     trainable = set_trainable(model, freeze, last_k=1)
     opt = build_vqa_optimizer(model, VQATrainConfig(data="-", lr=1e-5))
-    ids, mask = openmusk.get_tokenizer()([QUESTIONS[i % 4] for i in range(batch)], max_len=max_len)
+    ids, mask = get_tokenizer()([QUESTIONS[i % 4] for i in range(batch)], max_len=max_len)
     images = torch.randn(batch, 3, size, size, device=device)
     ids, mask = ids.to(device), mask.to(device)
     target = torch.randint(0, answers, (batch,), device=device)
 
     def train_step() -> None:
-        with autocast(device, bf16):
+        with autocast(device, precision):
             logits = model(images, ids, mask)
         F.cross_entropy(logits.float(), target).backward()
         opt.step()
@@ -67,7 +69,7 @@ def bench(name: str, batch: int, steps: int, answers: int, max_len: int, freeze:
 
     @torch.no_grad()
     def infer_step() -> None:
-        with autocast(device, bf16):
+        with autocast(device, precision):
             model(images, ids, mask).float().softmax(-1)
 
     out = {"size": name, "parameters": sum(p.numel() for p in model.parameters()),
@@ -97,19 +99,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--img-size", type=int, default=None,
                    help="image size (default: the model's 384; smaller for a quicker CPU run)")
     p.add_argument("--freeze", default="full", choices=["full", "last_k", "heads"])
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_runtime_args(p)   # --device (default auto), --precision (default auto; --bf16 accepted)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    print(f"device {device}, threads {torch.get_num_threads()}, bf16 {args.bf16}, freeze {args.freeze}, "
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    print(f"device {device}, threads {torch.get_num_threads()}, precision {precision}, freeze {args.freeze}, "
           f"image {args.img_size or 384} px, question tokens {args.max_len}, answers {args.answers}")
     results = []
     for name in args.sizes.split(","):
         batch = args.large_batch_size if name == "large" else args.batch_size
-        r = bench(name, batch, args.steps, args.answers, args.max_len, args.freeze, args.bf16, device,
+        r = bench(name, batch, args.steps, args.answers, args.max_len, args.freeze, precision, device,
                   args.img_size)
         results.append(r)
         print(f"{name:6s} params {r['parameters'] / 1e6:8.1f}M  batch {batch:3d}  "

@@ -12,12 +12,12 @@ from __future__ import annotations
 import importlib
 import sys
 
+from .core import __version__
 from .core.lazy import lazy_exports
 from .model import (CONFIGS, DEFAULT_WEIGHTS, CheckpointMismatchError, Musk, MuskConfig,
                     WeightsNotFoundError, config_from_checkpoint, create_model, get_config,
                     list_configs, load_checkpoint, resolve_weights, save_checkpoint, weights_available)
 
-__version__ = "0.1.0"
 
 # public name -> module that defines it, imported on first access (PEP 562)
 _LAZY = {
@@ -26,13 +26,21 @@ _LAZY = {
     "get_transform": "openmusk.data.transforms",
     "MuskTransform": "openmusk.data.transforms",
     "register_timm": "openmusk.model.timm_registry",
+    # any patch encoder by name, configs, report text
+    "load_encoder": "openmusk.encoders.base",
+    "list_encoders": "openmusk.encoders.base",
+    "register_encoder": "openmusk.encoders.base",
+    "load_config": "openmusk.core.config",
+    "report_embeddings": "openmusk.text.report",
+    "embed_reports": "openmusk.text.report",
+    "read_features": "openmusk.data.features_h5",
+    "read_slide_features": "openmusk.data.features_h5",
     # whole slides
     "open_slide": "openmusk.slide.reader",
     "Slide": "openmusk.slide.reader",
     "segment_tissue": "openmusk.slide.tissue",
-    "ExtractConfig": "openmusk.slide.extract",
-    "extract_features": "openmusk.slide.extract",
-    "read_features": "openmusk.slide.extract",
+    "ExtractConfig": "openmusk.slide.config",
+    "extract_features": "openmusk.slide.pipeline",
     "draw_heatmap": "openmusk.slide.heatmap",
     "heatmap_from_features": "openmusk.slide.heatmap",
     "run_demo": "openmusk.slide.demo",

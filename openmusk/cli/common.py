@@ -8,7 +8,7 @@ Spellings: ``--out`` (output file or folder), ``--num-workers``, ``--device``, `
 from __future__ import annotations
 
 import argparse
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from . import CliError
 
@@ -111,20 +111,17 @@ def config_from_args(args: argparse.Namespace, cls: type, flags: dict[str, Any] 
         raise CliError(str(e)) from None
 
 
-def load_model(args: argparse.Namespace):
-    """The MUSK model named by ``--weights`` on ``--device``; a missing checkpoint -> CliError."""
-    from openmusk.core.runtime import precision_dtype, resolve_device, resolve_precision
-    from openmusk.model import CheckpointMismatchError, WeightsNotFoundError, create_model
+def run_configured(args: argparse.Namespace, cls: type, run: Callable[[Any], Any], command: str,
+                   flags: dict[str, Any] | None = None,
+                   errors: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError)) -> tuple[Any, Any] | None:
+    """``run(config)`` for a config command: ``(config, result)``, or None after ``--example``.
 
-    device = resolve_device(args.device)
-    precision = resolve_precision(args.precision or "fp32", device)
-    weights = args.weights
+    The library's errors of the given types reach the user as one line, without a traceback.
+    """
+    cfg = config_from_args(args, cls, flags, command)
+    if cfg is None:
+        return None
     try:
-        if weights is None or str(weights).startswith("random"):
-            name = str(weights or "random").partition(":")[2] or "musk_large_patch16_384"
-            return create_model(name, device=device, dtype=precision_dtype(precision))
-        return create_model(pretrained=weights, device=device, dtype=precision_dtype(precision))
-    except WeightsNotFoundError as e:
-        raise CliError(str(e)) from None
-    except (CheckpointMismatchError, ValueError, KeyError) as e:
-        raise CliError(f"cannot load {weights}: {e}") from None
+        return cfg, run(cfg)
+    except errors as e:
+        raise CliError(str(e).strip("'\"") if isinstance(e, KeyError) else str(e)) from None

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 
 from openmusk.cli import CliError
+from openmusk.cli.common import (RenamedFlag, add_output_arg, add_progress_arg, add_runtime_args,
+                                 add_workers_arg)
 
 DEMO_HELP = """\
 Run the whole-slide pipeline on the real H&E slide shipped with openmusk (a skin region of the
@@ -20,31 +22,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``demo`` command."""
     p = subparsers.add_parser("demo", help="whole-slide demo on a shipped slide -> HTML report",
                               description=DEMO_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="openmusk_demo", help="output folder (default: ./openmusk_demo)")
-    p.add_argument("--weights", help="checkpoint path or hf_hub:owner/name (default: the cached release)")
-    p.add_argument("--random-weights", action="store_true", help="force the small random model")
+    add_output_arg(p, "output folder (default: ./openmusk_demo)", default="openmusk_demo")
+    p.add_argument("--weights", help="checkpoint path, hf_hub:owner/name, or random[:CONFIG] for the small "
+                                     "random model (default: the cached release, else random)")
+    p.add_argument("--random-weights", action=RenamedFlag, new="--weights random", dest="weights",
+                   const="random", help=argparse.SUPPRESS)
     p.add_argument("--slide", help="run on this slide instead of the shipped one")
     p.add_argument("--mpp", type=float, help="level-0 µm/px of --slide if the file states none")
     p.add_argument("--overlap", type=float, default=0.5, help="tile overlap fraction (default 0.5)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader processes reading tiles")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_workers_arg(p, default=0)
+    add_runtime_args(p)
+    add_progress_arg(p)
     p.set_defaults(func=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    import openmusk
+    from openmusk.model import WeightsNotFoundError
     from openmusk.slide.demo import run_demo
     from openmusk.slide.reader import SlideError
 
     try:
         result = run_demo(args.out, weights=args.weights, slide_path=args.slide, overlap=args.overlap,
                           batch_size=args.batch_size, num_workers=args.num_workers,
-                          precision=args.precision, device=args.device,
-                          random_weights=args.random_weights, slide_mpp=args.mpp, progress=not args.no_progress)
-    except openmusk.WeightsNotFoundError as e:
+                          precision=args.precision or "auto", device=args.device, slide_mpp=args.mpp,
+                          progress=not args.quiet)
+    except WeightsNotFoundError as e:
         raise CliError(str(e)) from e
     except (SlideError, ValueError) as e:
         raise CliError(str(e)) from e

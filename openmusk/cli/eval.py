@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from . import CliError
+from .common import add_config_args, add_runtime_args, add_workers_arg, run_configured
 
 RUN_HELP = """\
 Run a benchmark grid (models x datasets x tasks) described by a YAML file, e.g.
@@ -18,8 +19,10 @@ Run a benchmark grid (models x datasets x tasks) described by a YAML file, e.g.
 Tasks: zeroshot, retrieval (image<->text Recall@k), image_retrieval (Acc@k, mMV@k, mAP@k),
 linear_probe, few_shot, knn (default: the tasks the paper ran on each dataset). Each result is
 written to OUTPUT_DIR/<model>/<dataset>/<task>.json; rerunning skips finished cells. Features are
-cached in HDF5 under OUTPUT_DIR/features. Model kinds: musk, open_clip, timm, factory
-(factory: 'module:function' returning an encoder). See `openmusk eval datasets` for the specs.
+cached in HDF5 under OUTPUT_DIR/features. Model kinds: every registered encoder (musk,
+musk_singlescale, open_clip, timm, hf, color_stats) or factory (factory: 'module:function'
+returning an encoder); `pretrained: false` gives random weights. Relative paths in the YAML are
+taken relative to it. See `openmusk eval datasets` for the specs, `--example` for every key.
 """
 
 
@@ -31,9 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     run = esub.add_parser("run", help="run a benchmark grid from a YAML config",
                           description=RUN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("config", help="run YAML (models, datasets, settings)")
-    run.add_argument("--device", default=None, help="override the config's device (cpu, cuda, ...)")
-    run.add_argument("--workers", type=int, default=None, help="override DataLoader workers")
+    add_config_args(run)
+    add_runtime_args(run)
+    add_workers_arg(run)
     run.add_argument("--batch-size", type=int, default=None, help="override the batch size")
     run.add_argument("--n-resamples", type=int, default=None,
                      help="override bootstrap resamples (paper: 1000)")
@@ -57,21 +60,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from openmusk.eval.config import load_eval_config
+    from openmusk.eval.config import EvalConfig, example_eval_yaml
     from openmusk.eval.runner import run_eval
 
-    try:
-        cfg = load_eval_config(args.config)
-    except (FileNotFoundError, ValueError) as e:
-        raise CliError(str(e)) from None
-    for attr, value in (("device", args.device), ("num_workers", args.workers),
-                        ("batch_size", args.batch_size), ("n_resamples", args.n_resamples)):
-        if value is not None:
-            setattr(cfg, attr, value)
-    try:
-        summary = run_eval(cfg)
-    except KeyError as e:
-        raise CliError(str(e).strip("'\"")) from None
+    if args.example:
+        print(example_eval_yaml(), end="")
+        return 0
+    done = run_configured(args, EvalConfig, run_eval, "eval run", flags={
+        "device": args.device, "precision": args.precision, "num_workers": args.num_workers,
+        "batch_size": args.batch_size, "n_resamples": args.n_resamples},
+        errors=(KeyError, FileNotFoundError, ValueError))  # unknown spec, unreadable spec, absent device
+    if done is None:
+        return 0
+    cfg, summary = done
     print(f"{len(summary['done'])} cells computed, {len(summary['skipped'])} already done, "
           f"{len(summary['not_applicable'])} not applicable, {len(summary['failed'])} failed; "
           f"results in {cfg.output_dir}")
@@ -94,10 +95,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _datasets(args: argparse.Namespace) -> int:
-    import dataclasses
-
     import yaml
 
+    from openmusk.core.config import config_to_dict
     from openmusk.eval.specs import get_dataset_spec, list_dataset_specs
 
     if args.name:
@@ -105,7 +105,7 @@ def _datasets(args: argparse.Namespace) -> int:
             spec = get_dataset_spec(args.name)
         except (KeyError, ValueError, FileNotFoundError) as e:
             raise CliError(str(e).strip("'\"")) from None
-        print(yaml.safe_dump(dataclasses.asdict(spec), sort_keys=False, width=100))
+        print(yaml.safe_dump(config_to_dict(spec), sort_keys=False, width=100))
         return 0
     for name in list_dataset_specs():
         s = get_dataset_spec(name)

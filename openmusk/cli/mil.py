@@ -4,13 +4,15 @@ from __future__ import annotations
 import argparse
 
 from openmusk.cli import CliError
+from openmusk.cli.common import (add_config_args, add_output_arg, add_progress_arg, add_runtime_args,
+                                 run_configured)
 
 TRAIN_HELP = """\
 Cross-validate a slide-level model (gated ABMIL, TransMIL or mean pooling; image, report or both)
 for classification (AUC, balanced accuracy, specificity at 90% sensitivity) or survival (c-index,
 Uno's c-index, Kaplan-Meier risk groups, log-rank, hazard ratio, Cox with covariates).
 
-CONFIG.yaml keys are the fields of openmusk.mil.MilConfig, e.g.
+CONFIG.yaml keys are the fields of openmusk.mil.MilConfig (`--example` prints them all), e.g.
 
   cohort: cohort.csv            # patient_id, slide_id, label | time, event, [report], [covariates]
   features_dir: features/       # <slide_id>.h5 from `openmusk slide extract`
@@ -35,13 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     tr = sub.add_parser("train", help="k-fold cross-validation of a slide-level model",
                         description=TRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    tr.add_argument("config", help="YAML file (keys: the fields of MilConfig)")
-    tr.add_argument("--output-dir", help="override output_dir")
+    add_config_args(tr)
+    add_output_arg(tr, help="results folder (overrides output_dir)")
     tr.add_argument("--init-aggregator", metavar="PATH",
                     help="safetensors file with pretrained aggregator weights (e.g. from mSTAR)")
     tr.add_argument("--epochs", type=int, help="override epochs")
-    tr.add_argument("--device", help="override device (cpu, cuda, cuda:1, auto)")
-    tr.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_runtime_args(tr)
+    add_progress_arg(tr)
     tr.set_defaults(func=_train)
 
     pr = sub.add_parser("predict", help="apply a trained run's fold models to a cohort (ensemble)",
@@ -50,32 +52,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("results_dir", help="output_dir of `openmusk mil train`")
     pr.add_argument("--cohort", help="cohort CSV (default: the training cohort); outcome columns optional")
     pr.add_argument("--features-dir", help="folder of <slide_id>.h5 (default: the training one)")
-    pr.add_argument("--out", help="output folder (default RESULTS_DIR/predictions)")
-    pr.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_output_arg(pr, help="output folder (default RESULTS_DIR/predictions)")
+    add_progress_arg(pr)
     pr.set_defaults(func=_predict)
 
 
 def _train(args: argparse.Namespace) -> int:
     """Run `mil train`."""
-    import openmusk
-    from openmusk.mil import load_config, train
+    from openmusk.mil import MilConfig, train
+    from openmusk.model import WeightsNotFoundError
 
-    try:
-        config = load_config(args.config, output_dir=args.output_dir, init_aggregator=args.init_aggregator,
-                             epochs=args.epochs, device=args.device)
-        train(config, progress=not args.quiet)
-    except (FileNotFoundError, ValueError, openmusk.WeightsNotFoundError) as e:
-        raise CliError(str(e)) from None
+    run_configured(args, MilConfig, lambda cfg: train(cfg, progress=not args.quiet), "mil train",
+                   flags={"output_dir": args.out, "init_aggregator": args.init_aggregator,
+                          "epochs": args.epochs, "device": args.device, "precision": args.precision},
+                   errors=(FileNotFoundError, ValueError, WeightsNotFoundError))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     """Run `mil predict`."""
-    import openmusk
     from openmusk.mil import predict
+    from openmusk.model import WeightsNotFoundError
 
     try:
         predict(args.results_dir, args.cohort, args.features_dir, args.out, progress=not args.quiet)
-    except (FileNotFoundError, ValueError, openmusk.WeightsNotFoundError) as e:
+    except (FileNotFoundError, ValueError, WeightsNotFoundError) as e:
         raise CliError(str(e)) from None
     return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from openmusk.cli import CliError
+from openmusk.cli.common import add_config_args, add_output_arg, add_runtime_args, run_configured
 
 PRETRAIN_HELP = """\
 Stage 1: pretrain a slide aggregator (TransMIL, or ABMIL) so that slide embeddings align with the
@@ -11,15 +11,15 @@ patients' pathology reports (through MUSK's language side, frozen or tuned) and 
 (log1p, most variable genes, standardised on training patients, through an MLP), with CLIP losses
 slide-report, slide-RNA and report-RNA that use only the pairs each patient has.
 
-CONFIG is a YAML file with the keys of AggregatorPretrainConfig, e.g.:
+CONFIG is a YAML file with the keys of AggregatorPretrainConfig (`--example` prints them all), e.g.:
 
   table: cohort.csv          # case_id, features (HDF5 of `openmusk slide extract`; a;b for several), report[, split]
   rna_table: rna.csv         # case_id, one column per gene (optional)
-  out_dir: mstar_stage1
+  output_dir: mstar_stage1
   aggregator: transmil
   epochs: 50
 
-Writes OUT_DIR/aggregator.safetensors (for `openmusk mil train --init-aggregator`, "mSTAR+"),
+Writes OUTPUT_DIR/aggregator.safetensors (for `openmusk mil train --init-aggregator`, "mSTAR+"),
 mstar_stage1.safetensors (aggregator + projections, for zero/few-shot), rna_preprocessor.json,
 metrics.json (loss and held-out cross-modal retrieval per epoch) and training.png. Rerunning resumes.
 """
@@ -29,15 +29,15 @@ Stage 2: self-taught training of MUSK's vision side. Tiles sampled from each sli
 EMA teacher; the frozen stage-1 aggregator re-embeds them with cached features of the rest of the
 slide; the student encoder learns to reproduce the aggregator's tokens for those tiles.
 
-CONFIG is a YAML file with the keys of SelfTaughtConfig, e.g.:
+CONFIG is a YAML file with the keys of SelfTaughtConfig (`--example` prints them all), e.g.:
 
   stage1_dir: mstar_stage1
   table: slides.csv          # case_id, slide (WSI or image), features (HDF5 with coords, same encoder)
-  out_dir: mstar_stage2
+  output_dir: mstar_stage2
   steps: 1000
   patches_per_slide: 16
 
-Writes OUT_DIR/patch_encoder.safetensors, loadable with openmusk.load_checkpoint /
+Writes OUTPUT_DIR/patch_encoder.safetensors, loadable with openmusk.load_checkpoint /
 `--weights`, plus metrics.json and training.png. Rerunning resumes from the last saved step.
 """
 
@@ -52,56 +52,57 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     pre = sub.add_parser("pretrain-aggregator", help="stage 1: slide aggregator by tri-modal contrastive learning",
                          description=PRETRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    pre.add_argument("config", help="YAML file (AggregatorPretrainConfig keys)")
-    pre.add_argument("--out-dir", help="override out_dir")
+    add_config_args(pre)
+    add_output_arg(pre, help="output folder (overrides output_dir)")
     pre.add_argument("--epochs", type=int, help="override epochs")
-    pre.add_argument("--device", help="override device (cpu, cuda, cuda:1)")
+    add_runtime_args(pre)
     pre.set_defaults(func=_pretrain)
 
     st = sub.add_parser("self-taught", help="stage 2: train the patch encoder against the pretrained aggregator",
                         description=SELF_TAUGHT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    st.add_argument("config", help="YAML file (SelfTaughtConfig keys)")
-    st.add_argument("--out-dir", help="override out_dir")
+    add_config_args(st)
+    add_output_arg(st, help="output folder (overrides output_dir)")
     st.add_argument("--steps", type=int, help="override steps")
-    st.add_argument("--device", help="override device (cpu, cuda, cuda:1)")
+    add_runtime_args(st)
     st.set_defaults(func=_self_taught)
 
 
 def _pretrain(args: argparse.Namespace) -> int:
     """Run stage 1 and print held-out retrieval."""
-    from openmusk.pretrain.mstar.config import AggregatorPretrainConfig, load_config
+    from openmusk.pretrain.mstar.config import AggregatorPretrainConfig
     from openmusk.pretrain.mstar.stage1 import pretrain_aggregator
 
-    try:
-        cfg = load_config(AggregatorPretrainConfig, args.config, out_dir=args.out_dir, epochs=args.epochs,
-                          device=args.device)
-        metrics = pretrain_aggregator(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        raise CliError(str(e)) from None
+    done = run_configured(args, AggregatorPretrainConfig, pretrain_aggregator, "mstar pretrain-aggregator",
+                          flags={"output_dir": args.out, "epochs": args.epochs, "device": args.device,
+                                 "precision": args.precision})
+    if done is None:
+        return 0
+    cfg, metrics = done
     for problem in metrics["problems"]:
         print(f"skipped: {problem}")
     final = metrics["final"]
     print(f"stage 1 done: {metrics['n_train']} training patients, final loss {final.get('loss', float('nan')):.4f}")
     for pair, r in final.get("retrieval", {}).items():
         print(f"  held-out {pair}: R@1 {r['R@1']:.3f} R@5 {r['R@5']:.3f} (chance {r['chance@5']:.3f}, n={r['n']})")
-    print(f"aggregator for `openmusk mil train --init-aggregator`: {cfg.out_dir}/aggregator.safetensors")
+    print(f"aggregator for `openmusk mil train --init-aggregator`: {cfg.output_dir}/aggregator.safetensors")
     return 0
 
 
 def _self_taught(args: argparse.Namespace) -> int:
     """Run stage 2 and print the loss curve's ends."""
-    from openmusk.pretrain.mstar.config import SelfTaughtConfig, load_config
+    from openmusk.pretrain.mstar.config import SelfTaughtConfig
     from openmusk.pretrain.mstar.stage2 import PATCH_ENCODER_WEIGHTS, self_taught
 
-    try:
-        cfg = load_config(SelfTaughtConfig, args.config, out_dir=args.out_dir, steps=args.steps, device=args.device)
-        metrics = self_taught(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        raise CliError(str(e)) from None
+    done = run_configured(args, SelfTaughtConfig, self_taught, "mstar self-taught",
+                          flags={"output_dir": args.out, "steps": args.steps, "device": args.device,
+                                 "precision": args.precision})
+    if done is None:
+        return 0
+    cfg, metrics = done
     for problem in metrics["problems"]:
         print(f"skipped: {problem}")
     h = metrics["history"]
     if h:
         print(f"stage 2 done: loss {h[0]['loss']:.4f} (step {h[0]['step']}) -> {h[-1]['loss']:.4f} (step {h[-1]['step']})")
-    print(f"patch encoder: {cfg.out_dir}/{PATCH_ENCODER_WEIGHTS}")
+    print(f"patch encoder: {cfg.output_dir}/{PATCH_ENCODER_WEIGHTS}")
     return 0

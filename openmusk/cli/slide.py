@@ -3,14 +3,22 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from openmusk.cli import CliError
+from openmusk.cli.common import (RenamedFlag, add_output_arg, add_progress_arg, add_runtime_args,
+                                 add_workers_arg, config_from_args)
+
+if TYPE_CHECKING:
+    from openmusk.slide.config import ExtractConfig
 
 EXTRACT_HELP = """\
-Segment tissue, tile at a target magnification and encode every tile with MUSK, writing one HDF5
-file per slide in the TRIDENT/CLAM layout (datasets `features` (N, D) and `coords` (N, 2) int64,
-level-0 top-left, with attributes). A rerun skips finished slides; an unreadable slide is listed as
-failed in FEATURES_DIR/summary.csv and the others go on. Spread over GPUs and machines with torchrun:
+Segment tissue, tile at a target magnification and encode every tile (MUSK by default, or any
+--encoder: a registry name or your own module:function), writing one HDF5 file per slide in the
+TRIDENT/CLAM layout (datasets `features` (N, D) and `coords` (N, 2) int64, level-0 top-left, with
+attributes naming the encoder). A rerun skips finished slides; an unreadable slide is listed as
+failed in FEATURES_DIR/summary.csv and the others go on. Flags override --config and --set.
+Spread over GPUs and machines with torchrun:
 
   torchrun --nproc_per_node 8 -m openmusk slide extract SLIDES_DIR --out FEATURES_DIR
 """
@@ -19,8 +27,8 @@ failed in FEATURES_DIR/summary.csv and the others go on. Spread over GPUs and ma
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``slide`` command group."""
     p = subparsers.add_parser("slide", help="whole slides: info, tiling, feature extraction, heatmaps",
-                              description="Whole-slide images: read, segment tissue, tile, extract MUSK "
-                                          "features, draw heatmaps.")
+                              description="Whole-slide images: read, segment tissue, tile, extract features "
+                                          "(MUSK or any encoder), draw heatmaps.")
     sub = p.add_subparsers(dest="slide_command", metavar="SUBCOMMAND")
     p.set_defaults(func=lambda args: p.print_help() or 0)
 
@@ -34,29 +42,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                           description="Segment tissue and tile every slide: OUT/coords/NAME.h5 (coords "
                                       "only) and OUT/tissue/NAME.geojson. `extract` with the same --out "
                                       "reuses them.")
-    tile.add_argument("slides", help="folder of slides")
-    tile.add_argument("--out", required=True, help="output folder")
+    tile.add_argument("slides", nargs="?", help="folder of slides")
+    add_output_arg(tile, "output folder")
+    _add_config_args(tile)
     _add_tiling_args(tile)
+    add_progress_arg(tile)
     tile.set_defaults(func=_tile)
 
-    ex = sub.add_parser("extract", help="MUSK features of every slide in a folder (HDF5 per slide)",
+    ex = sub.add_parser("extract", help="features of every slide in a folder (HDF5 per slide)",
                         description=EXTRACT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ex.add_argument("slides", help="folder of slides (SLIDES_DIR)")
-    ex.add_argument("--out", required=True, help="features folder (FEATURES_DIR)")
-    ex.add_argument("--config", help="YAML file with ExtractConfig keys (flags below override it)")
-    ex.add_argument("--model", help="model config name (default: read from the weights; "
-                                    "musk_large_patch16_384 with --random-weights)")
-    ex.add_argument("--weights", help="checkpoint path or hf_hub:owner/name (default hf_hub:xiangjx/musk)")
-    ex.add_argument("--random-weights", action="store_true",
-                    help="random initialisation instead of weights (tests, benchmarks)")
+    ex.add_argument("slides", nargs="?", help="folder of slides (SLIDES_DIR)")
+    add_output_arg(ex, "features folder (FEATURES_DIR)")
+    _add_config_args(ex)
+    ex.add_argument("--encoder", help="registry name (musk, musk_singlescale, timm, open_clip, hf, ...) or "
+                                      "module:function returning an encoder or (nn.Module, transform) "
+                                      "(default: musk)")
+    ex.add_argument("--weights", help="checkpoint path, hf_hub:owner/name, or random[:CONFIG] "
+                                      "(default: hf_hub:xiangjx/musk for MUSK)")
+    ex.add_argument("--arch", help="MUSK config name (default: read from the weights; "
+                                   "musk_large_patch16_384 with random weights)")
+    ex.add_argument("--model", action=RenamedFlag, new="--arch", dest="arch", help=argparse.SUPPRESS)
+    ex.add_argument("--random-weights", action=RenamedFlag, new="--weights random", dest="weights",
+                    const="random", help=argparse.SUPPRESS)
     ex.add_argument("--batch-size", type=int, help="tiles per forward pass (default 32)")
-    ex.add_argument("--num-workers", type=int, help="DataLoader processes reading tiles (default 2)")
-    ex.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                    help="auto: bf16/fp16 autocast on CUDA, fp32 on CPU")
-    ex.add_argument("--device", help="e.g. cpu, cuda:0 (default: this rank's GPU, else cpu)")
+    add_workers_arg(ex)
+    add_runtime_args(ex)
     ex.add_argument("--single-scale", action="store_true",
-                    help="D-d CLS features instead of the 2D-d multiscale ones")
+                    help="MUSK: D-d single-scale CLS features instead of the 2D-d multiscale ones")
     _add_tiling_args(ex)
+    add_progress_arg(ex)
     ex.set_defaults(func=_extract)
 
     hm = sub.add_parser("heatmap", help="overlay tile scores on a slide thumbnail (PNG)",
@@ -65,10 +79,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     hm.add_argument("slide", help="slide file")
     hm.add_argument("--scores", required=True, help="CSV with x, y, width and the score column")
     hm.add_argument("--column", default="score", help="score column (default: score)")
-    hm.add_argument("--out", required=True, help="output PNG")
+    add_output_arg(hm, "output PNG", required=True)
     hm.add_argument("--geojson", help="also write the tile scores as GeoJSON for QuPath")
     hm.add_argument("--mpp", type=float, help="microns per pixel, for files that do not state it")
     hm.set_defaults(func=_heatmap)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    """``--config FILE`` (an option: the slides folder is the positional), ``--example``, ``--set``."""
+    p.add_argument("--config", help="YAML/JSON file with ExtractConfig keys (start from --example)")
+    p.add_argument("--example", action="store_true", help="print the default config as YAML and exit")
+    p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE", default=[],
+                   help="override a config key (dotted for sections, e.g. tiling.overlap=0.85); repeatable")
+    p.set_defaults(config_required=False)
 
 
 def _add_tiling_args(p: argparse.ArgumentParser) -> None:
@@ -78,35 +101,24 @@ def _add_tiling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, help="fraction shared by neighbouring tiles (default 0)")
     p.add_argument("--min-tissue", type=float, help="minimum tissue fraction of a tile (default 0.25)")
     p.add_argument("--mpp", type=float, help="level-0 µm/px for slides that do not state it")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _config(args: argparse.Namespace):
-    """ExtractConfig from --config and the flags."""
-    from openmusk.slide.extract import ExtractConfig, load_extract_config
+def _config(args: argparse.Namespace) -> ExtractConfig | None:
+    """ExtractConfig from --config, --set and the flags (all validated by the one loader); None
+    after printing --example."""
+    from openmusk.slide.config import ExtractConfig
 
-    try:
-        config = load_extract_config(args.config) if getattr(args, "config", None) else ExtractConfig()
-    except (ValueError, OSError) as e:
-        raise CliError(str(e)) from e
-    t = config.tiling
-    for flag, key in (("target_mpp", "mpp"), ("tile_size", "tile_size"), ("overlap", "overlap"),
-                      ("min_tissue", "min_tissue")):
-        if getattr(args, flag, None) is not None:
-            setattr(t, key, getattr(args, flag))
-    try:
-        t.__post_init__()
-    except ValueError as e:
-        raise CliError(str(e)) from e
-    if args.mpp is not None:
-        config.slide_mpp = args.mpp
-    for flag in ("model", "weights", "batch_size", "num_workers", "precision", "device"):
-        if getattr(args, flag, None) is not None:
-            setattr(config, flag, getattr(args, flag))
-    if getattr(args, "random_weights", False):
-        config.weights = None
-    if getattr(args, "single_scale", False):
-        config.multiscale = False
+    flags = {"slide_mpp": args.mpp, "tiling.mpp": args.target_mpp, "tiling.tile_size": args.tile_size,
+             "tiling.overlap": args.overlap, "tiling.min_tissue": args.min_tissue}
+    if args.slide_command == "extract":
+        flags.update(encoder=args.encoder, weights=args.weights, arch=args.arch, batch_size=args.batch_size,
+                     num_workers=args.num_workers, precision=args.precision, device=args.device,
+                     multiscale=False if args.single_scale else None)
+    config = config_from_args(args, ExtractConfig, flags, command=f"slide {args.slide_command}")
+    if config is not None and (not args.slides or not args.out):
+        raise CliError("give the slides folder and --out (see --help)")
+    if config is not None and not Path(args.slides).exists():
+        raise CliError(f"{args.slides}: no such file or folder")
     return config
 
 
@@ -131,24 +143,34 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _tile(args: argparse.Namespace) -> int:
-    from openmusk.slide.extract import tile_slides
+    from openmusk.slide.pipeline import tile_slides
 
+    config = _config(args)
+    if config is None:
+        return 0
     try:
-        rows = tile_slides(args.slides, args.out, _config(args), progress=not args.no_progress)
+        rows = tile_slides(args.slides, args.out, config, progress=not args.quiet)
     except (FileNotFoundError, ValueError) as e:
         raise CliError(str(e)) from e
     return _report(rows, Path(args.out) / "tiling_summary.csv")
 
 
 def _extract(args: argparse.Namespace) -> int:
-    import openmusk
-    from openmusk.slide.extract import extract_features
+    from openmusk.model import WeightsNotFoundError
+    from openmusk.slide.encode import load_slide_encoder
+    from openmusk.slide.pipeline import extract_features
 
     config = _config(args)
+    if config is None:
+        return 0
     try:
-        rows = extract_features(args.slides, args.out, config, progress=not args.no_progress)
-    except openmusk.WeightsNotFoundError as e:
-        raise CliError(f"{e}\n(or pass --random-weights to test the pipeline)") from e
+        encoder = load_slide_encoder(config)
+    except WeightsNotFoundError as e:
+        raise CliError(f"{e}\n(or pass --weights random to test the pipeline)") from e
+    except (KeyError, ValueError, TypeError, ImportError) as e:
+        raise CliError(f"encoder {config.encoder!r}: {e.args[0] if e.args else e}") from e
+    try:
+        rows = extract_features(args.slides, args.out, config, encoder=encoder, progress=not args.quiet)
     except (FileNotFoundError, ValueError) as e:
         raise CliError(str(e)) from e
     return _report(rows, Path(args.out) / "summary.csv")

@@ -6,24 +6,27 @@ import json
 from pathlib import Path
 
 from . import CliError
+from .common import (RenamedFlag, add_config_args, add_output_arg, add_runtime_args, add_workers_arg,
+                     run_configured)
 
 _TRAIN_HELP = """\
 Fine-tune MUSK for VQA the BEiT-3 way (image + question fused through the multiway transformer,
 CLS pooler, MLP over the answer vocabulary, cross-entropy). CONFIG.yaml's keys are the fields of
-openmusk.eval.vqa.VQATrainConfig, for example:
+openmusk.eval.vqa.VQATrainConfig (all of them: --example), for example:
 
   data: path-vqa/data          # PathVQA parquet folder (train/validation/test files) or JSONL/CSV
-  out_dir: runs/pathvqa
-  weights: hf_hub:xiangjx/musk # null for random initialisation
+  output_dir: runs/pathvqa
+  weights: hf_hub:xiangjx/musk # null (or random) for random initialisation
   epochs: 10
   batch_size: 16
   accum_steps: 8
   lr: 2.0e-5
   freeze: full                 # full | last_k | heads
-  bf16: true
+  precision: bf16              # auto (default: bf16 on a GPU, fp32 on cpu) | fp32 | bf16 | fp16
 
-Writes OUT_DIR/model.safetensors (backbone), vqa_head.safetensors, answers.json, history.json.
-An interrupted run started again with the same config resumes after its last finished epoch.
+Relative paths are taken relative to the YAML file. Writes OUTPUT_DIR/model.safetensors
+(backbone), vqa_head.safetensors, answers.json, history.json. An interrupted run started again
+with the same config resumes after its last finished epoch.
 """
 
 
@@ -35,15 +38,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     tr = vsub.add_parser("train", help="fine-tune on a VQA dataset from a YAML config",
                          description=_TRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    tr.add_argument("config", help="YAML file with VQATrainConfig keys")
-    tr.add_argument("--out-dir", help="override out_dir of the config")
+    add_config_args(tr)
+    add_output_arg(tr, help="checkpoint folder (overrides output_dir of the config)")
+    add_runtime_args(tr)
+    add_workers_arg(tr)
     tr.set_defaults(func=_train)
 
     ev = vsub.add_parser("eval", help="accuracy (overall / yes-no / open, 95%% CI) and predictions",
                          description="Evaluate a VQA checkpoint: exact-match accuracy after VQA answer "
                                      "normalisation, overall and on closed (yes/no) and open questions, "
                                      "each with a bootstrap 95% CI; writes per-question predictions.")
-    ev.add_argument("model", help="VQA checkpoint folder written by `openmusk vqa train`")
+    ev.add_argument("weights", metavar="WEIGHTS", help="VQA checkpoint folder written by `openmusk vqa train`")
     ev.add_argument("data", help="PathVQA parquet (file or folder) or JSONL/CSV table")
     ev.add_argument("--split", default="test", help="split to evaluate (default: %(default)s)")
     ev.add_argument("--image-root", help="base folder for relative image paths of a table")
@@ -53,10 +58,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "correctness (needs --predictions)")
     ev.add_argument("--plot", help="bar chart of the accuracies with 95%% CIs (.png/.pdf)")
     ev.add_argument("--batch-size", type=int, default=32)
-    ev.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")
-    ev.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the CIs")
-    ev.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: %(default)s)")
-    ev.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    add_workers_arg(ev, default=2)
+    ev.add_argument("--n-resamples", dest="n_resamples", type=int, default=1000,
+                    help="bootstrap resamples for the CIs (default: %(default)s)")
+    ev.add_argument("--resamples", action=RenamedFlag, new="--n-resamples", dest="n_resamples", type=int,
+                    help=argparse.SUPPRESS)
+    add_runtime_args(ev)
     ev.set_defaults(func=_eval)
 
     cp = vsub.add_parser("compare", help="compare two runs' predictions (Mann-Whitney U)",
@@ -74,23 +81,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                                       "vocabulary) to QUESTION about IMAGE.")
     ask.add_argument("image", help="an image file (resized and centre-cropped to the model size)")
     ask.add_argument("question", help='e.g. "is there tumour in this image?"')
-    ask.add_argument("--model", required=True, help="VQA checkpoint folder")
+    ask.add_argument("--weights", metavar="FOLDER", help="VQA checkpoint folder written by `openmusk vqa train` (required)")
+    ask.add_argument("--model", action=RenamedFlag, new="--weights", dest="weights", help=argparse.SUPPRESS)
     ask.add_argument("--topk", type=int, default=5)
-    ask.add_argument("--device", default="auto")
+    add_runtime_args(ask)
     ask.set_defaults(func=_ask)
 
 
-def _device(name: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
-def _predictor(folder: str, device: str, bf16: bool = False):
+def _predictor(args: argparse.Namespace):
+    """The VQA model of ``args.weights`` on ``--device`` with ``--precision``."""
     from openmusk.eval.vqa import VQAPredictor
 
     try:
-        return VQAPredictor.from_pretrained(folder, device=_device(device), bf16=bf16)
+        return VQAPredictor.from_pretrained(args.weights, device=args.device, precision=args.precision)
     except (FileNotFoundError, ValueError) as e:
         raise CliError(str(e)) from e
 
@@ -106,22 +109,18 @@ def _print_accuracy(acc: dict) -> None:
 def _train(args: argparse.Namespace) -> int:
     from openmusk.eval.vqa import VQATrainConfig, train_vqa
 
-    try:
-        config = VQATrainConfig.from_yaml(args.config)
-    except (OSError, ValueError, TypeError) as e:
-        raise CliError(str(e)) from e
-    if args.out_dir:
-        config.out_dir = args.out_dir
-    try:
-        summary = train_vqa(config)
-    except (FileNotFoundError, ValueError) as e:
-        raise CliError(str(e)) from e
+    done = run_configured(args, VQATrainConfig, train_vqa, "vqa train", flags={
+        "output_dir": args.out, "device": args.device, "precision": args.precision,
+        "num_workers": args.num_workers})
+    if done is None:
+        return 0
+    config, summary = done
     last = summary["history"][-1] if summary["history"] else {}
     print(f"trained {len(summary['history'])} epochs on {summary['train_questions']} questions, "
           f"{summary['answers']} answers; last epoch: {json.dumps(last)}")
     if summary["skipped"]:
-        print(f"skipped {len(summary['skipped'])} unreadable items (see {config.out_dir}/history.json)")
-    print(f"checkpoint: {config.out_dir}")
+        print(f"skipped {len(summary['skipped'])} unreadable items (see {config.output_dir}/history.json)")
+    print(f"checkpoint: {config.output_dir}")
     return 0
 
 
@@ -131,11 +130,11 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.compare and not args.predictions:
         raise CliError("--compare needs --predictions (this run's per-question file)")
-    predictor = _predictor(args.model, args.device, args.bf16)
+    predictor = _predictor(args)
     try:
         data = open_vqa(args.data, split=args.split, image_root=args.image_root)
         result = predictor.evaluate(data, predictions=args.predictions, batch_size=args.batch_size,
-                                    num_workers=args.workers, n_resamples=args.resamples)
+                                    num_workers=args.num_workers, n_resamples=args.n_resamples)
     except (FileNotFoundError, ValueError) as e:
         raise CliError(str(e)) from e
     print(f"{args.split}: {result['questions']} questions on {result['images']} images "
@@ -152,7 +151,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.plot:
         from openmusk.eval.vqa.plots import plot_accuracies
 
-        runs = {Path(args.model).name: result["accuracy"]}
+        runs = {Path(args.weights).name: result["accuracy"]}
         if args.compare:
             runs[Path(args.compare).stem] = {k: v["b"] for k, v in result["comparison"].items()
                                              if isinstance(v, dict) and "b" in v}
@@ -190,9 +189,11 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
+    if not args.weights:
+        raise CliError("give the VQA checkpoint folder with --weights FOLDER")
     if not Path(args.image).is_file():
         raise CliError(f"image not found: {args.image}")
-    predictor = _predictor(args.model, args.device)
+    predictor = _predictor(args)
     try:
         answers = predictor.ask(args.image, args.question, topk=args.topk)
     except OSError as e:

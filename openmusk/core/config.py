@@ -230,7 +230,11 @@ def _set_dotted(cls: type, data: dict[str, Any], key: str, value: Any, where: st
         if i == len(parts) - 1:
             target[part] = value
             return
-        sub = _dataclass_of(_hints(current)[part])
+        hint = _hints(current)[part]
+        sub = _dataclass_of(hint)
+        if sub is None and (typing.get_origin(hint) is dict or hint is dict) and i == len(parts) - 2:
+            target[part] = {**dict(target.get(part) or {}), parts[-1]: value}  # encoder_kwargs.width=64
+            return
         if sub is None:
             raise ConfigError(f"{where}: {part!r} is not a section, so {key!r} cannot be set")
         existing = target.get(part)
@@ -304,6 +308,25 @@ def _coerce(value: Any, hint: Any, key: str, where: str) -> Any:
 _TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 
 
+def _number(value: Any, kind: type) -> Any:
+    """``value`` as an int (whole floats and numeric strings too) or a float (also from strings:
+    YAML 1.1 reads ``1e-4`` without a dot as a string); raises _Mismatch otherwise."""
+    if isinstance(value, bool):
+        raise _Mismatch
+    if isinstance(value, str):
+        try:
+            value = kind(value.strip())
+        except ValueError:
+            raise _Mismatch from None
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if kind is int and isinstance(value, int):
+        return value
+    if kind is float and isinstance(value, (int, float)):
+        return float(value)
+    raise _Mismatch
+
+
 def _convert(value: Any, hint: Any, key: str, where: str) -> Any:  # noqa: C901 - one case per type
     """``value`` as type ``hint``; raises _Mismatch when it does not fit."""
     if hint is Any or hint is object:
@@ -336,30 +359,8 @@ def _convert(value: Any, hint: Any, key: str, where: str) -> Any:  # noqa: C901 
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
         raise _Mismatch
-    if hint is int:
-        if isinstance(value, bool):
-            raise _Mismatch
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise _Mismatch from None
-        raise _Mismatch
-    if hint is float:
-        if isinstance(value, bool):
-            raise _Mismatch
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise _Mismatch from None
-        raise _Mismatch
+    if hint in (int, float):
+        return _number(value, hint)
     if hint is str:
         if isinstance(value, str):
             return value

@@ -40,9 +40,12 @@ def init_distributed(backend: str | None = None) -> bool:
     """
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1 or dist.is_initialized():
         return dist.is_initialized()
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    from openmusk.core.runtime import resolve_device
+
+    device = resolve_device("auto")  # this rank's GPU under torchrun, else the CPU
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
     dist.init_process_group(backend=backend)
     return True
 

@@ -16,6 +16,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from openmusk.core.config import path_field
+from openmusk.data.transforms import normalize, to_tensor
+
 __all__ = ["rgb_to_lab", "lab_to_rgb", "StainStatistics", "fit_stain_statistics", "randstainna",
            "color_jitter", "random_resized_crop", "AugmentConfig", "PathologyAugment",
            "to_model_tensor", "read_field_of_view", "random_fields_of_view", "FOV_MPP"]
@@ -144,9 +147,8 @@ def random_resized_crop(img: Image.Image, size: int, rng: np.random.Generator,
 
 
 def to_model_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL RGB -> float tensor (3, H, W) normalised with MUSK's mean = std = 0.5."""
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).sub(0.5).div(0.5).contiguous()
+    """PIL RGB -> float tensor (3, H, W) with MUSK's normalisation (no resize or crop)."""
+    return normalize(to_tensor(img)).contiguous()
 
 
 @dataclass
@@ -164,7 +166,7 @@ class AugmentConfig:
     saturation: float = 0.2
     hue: float = 0.02
     p_stain: float = 0.5
-    stain_statistics: str | None = None   # JSON written by StainStatistics.save
+    stain_statistics: str | None = path_field(None)   # JSON written by StainStatistics.save
     stain_std_scale: float = 1.0
 
 

@@ -2,7 +2,8 @@
 
 Four on-disk formats, one interface: an image folder (one sub-folder per class), a CSV/TSV table
 (image path, label and/or caption), WebDataset tar shards and parquet files with image bytes (how
-PathMMU / PathVQA ship on the Hugging Face hub). Every dataset gives ``load_image(i)`` (PIL RGB),
+PathMMU / PathVQA ship on the Hugging Face hub); and plain image files and folders without labels
+(:class:`ImageFilesDataset`, what ``openmusk embed images`` reads). Every dataset gives ``load_image(i)`` (PIL RGB),
 ``labels`` (class indices or None), ``captions`` (strings or None), ``classes`` and ``keys``;
 ``__getitem__`` returns ``(transform(image), i)`` and turns an unreadable image into ``(None, i)``
 so a DataLoader can skip it and report it (see :func:`collate_skip_bad`).
@@ -21,8 +22,8 @@ from PIL import Image
 
 from openmusk.data.shards import list_shards
 
-__all__ = ["ImageDataset", "ImageFolderDataset", "CsvDataset", "ShardDataset", "ParquetDataset",
-           "collate_skip_bad", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageDataset", "ImageFilesDataset", "ImageFolderDataset", "CsvDataset", "ShardDataset",
+           "ParquetDataset", "collate_skip_bad", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -111,6 +112,32 @@ def collate_skip_bad(batch: list[tuple[Any, int]]) -> tuple[torch.Tensor | None,
     if not good:
         return None, torch.empty(0, dtype=torch.long), bad
     return torch.stack([x for x, _ in good]), torch.tensor([i for _, i in good]), bad
+
+
+class ImageFilesDataset(ImageDataset):
+    """Unlabelled images: each input is an image file or a folder searched recursively for images
+    (sorted); ``keys`` are the file paths. A missing input or no image at all is an error."""
+
+    def __init__(self, inputs: str | os.PathLike | Sequence[str | os.PathLike],
+                 transform: Callable | None = None):
+        items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+        paths: list[Path] = []
+        for item in map(Path, items):
+            if item.is_dir():
+                paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+            elif item.exists():
+                paths.append(item)
+            else:
+                raise FileNotFoundError(f"no such file or folder: {item}")
+        if not paths:
+            raise ValueError(f"no images with extensions {IMAGE_EXTENSIONS} in {', '.join(map(str, items))}")
+        self.paths = paths
+        self.keys = [str(p) for p in paths]
+        self.transform = transform
+        self.name = "images"
+
+    def load_image(self, i: int) -> Image.Image:
+        return _open_rgb(self.paths[i], str(self.paths[i]))
 
 
 class ImageFolderDataset(ImageDataset):

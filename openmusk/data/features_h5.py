@@ -26,7 +26,7 @@ import numpy as np
 
 __all__ = ["SlideFeatures", "FeaturesFileError", "FeaturesWriter", "write_features", "read_features",
            "read_slide_features", "read_feature_rows", "features_shape", "check_features_file",
-           "read_encoder_info", "write_coords_file", "read_coords_file", "write_arrays", "read_attrs"]
+           "read_encoder_info", "write_coords_file", "read_coords_file", "write_arrays", "read_arrays", "read_attrs"]
 
 
 class FeaturesFileError(ValueError):
@@ -302,3 +302,18 @@ def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
     """File-level attributes of an HDF5 file written by :func:`write_arrays`."""
     with _open(path) as f:
         return _plain_attrs(f.attrs)
+
+
+def read_arrays(path: str | os.PathLike, names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Named arrays of a file written by :func:`write_arrays` (all when ``names`` is None);
+    string datasets come back as lists of str. A missing name raises FeaturesFileError."""
+    h5py = _h5()
+    with _open(path) as f:
+        missing = [n for n in names or () if n not in f]
+        if missing:
+            raise FeaturesFileError(f"{path}: missing dataset(s) {missing} (found {list(f.keys())})")
+        out: dict[str, Any] = {}
+        for name in names if names is not None else list(f.keys()):
+            ds = f[name]
+            out[name] = list(ds.asstr()[:]) if h5py.check_string_dtype(ds.dtype) else ds[:]
+        return out

@@ -11,10 +11,11 @@ from openmusk.encoders.base import (ENCODERS, FEATURE_KINDS, CallableEncoder, En
                                     encoder_info, list_encoders, load_encoder, register_encoder)
 from openmusk.encoders.baselines import color_stats_encoder
 from openmusk.encoders.embed import FeatureSet, encode_dataset, encode_texts, zero_shot_weights
+from openmusk.encoders.files import embed_images, embed_texts, zero_shot_image
 from openmusk.encoders.musk import MuskEncoder, MuskUint8Transform, musk_encoder, normalize_uint8
 
 __all__ = ["Encoder", "FEATURE_KINDS", "ENCODERS", "register_encoder", "load_encoder", "list_encoders",
            "encoder_info", "CallableEncoder", "ModuleEncoder", "MuskEncoder", "MuskUint8Transform",
            "OpenClipEncoder", "musk_encoder", "open_clip_encoder", "timm_encoder", "hf_encoder",
            "color_stats_encoder", "normalize_uint8", "FeatureSet", "encode_dataset", "encode_texts",
-           "zero_shot_weights"]
+           "zero_shot_weights", "embed_images", "embed_texts", "zero_shot_image"]

@@ -36,15 +36,24 @@ class OpenClipEncoder(CallableEncoder):
 
 
 @register_encoder("open_clip", "an open_clip model by name (pip install open_clip_torch)")
-def open_clip_encoder(model: str, weights: str | None = None, device: Any = None, precision: str | None = None,
-                      name: str | None = None) -> OpenClipEncoder:
-    """An open_clip model, e.g. ``model="hf-hub:MahmoodLab/conch"``; ``weights`` is its pretrained tag."""
+def open_clip_encoder(model: str, weights: str | bool | None = None, device: Any = None,
+                      precision: str | None = None, name: str | None = None) -> OpenClipEncoder:
+    """An open_clip model, e.g. ``model="hf-hub:MahmoodLab/conch"``; ``weights`` is its pretrained
+    tag or file (None: what the name brings, i.e. the hub weights of an ``hf-hub:`` model);
+    False gives random weights (an architecture name only: ``hf-hub:`` models always load theirs)."""
     try:
         import open_clip
     except ImportError as e:
         raise ImportError("open_clip encoders need `pip install open_clip_torch`") from e
+    hub = str(model).startswith("hf-hub:")
+    if weights is False and hub:
+        raise ValueError(f"open_clip {model!r} always loads its hub weights; for random weights name "
+                         "its architecture (e.g. ViT-B-16) instead")
+    if weights is True and not hub:
+        raise ValueError(f"open_clip {model!r}: name the pretrained tag (e.g. weights: openai)")
     dev = resolve_device(device)
-    m, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=weights, device=dev)
+    tag = weights if isinstance(weights, str) else None
+    m, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=tag, device=dev)
     return OpenClipEncoder(m, preprocess, open_clip.get_tokenizer(model), name=name or model,
                            precision=precision or "fp32")
 
@@ -93,16 +102,19 @@ class _HFTransform:
 
 
 @register_encoder("hf", "a Hugging Face transformers vision model (id or local folder)")
-def hf_encoder(model: str, weights: str | None = None, device: Any = None, precision: str | None = None,
+def hf_encoder(model: str, weights: str | bool | None = None, device: Any = None, precision: str | None = None,
                name: str | None = None, revision: str | None = None) -> ModuleEncoder:
     """``AutoModel`` + ``AutoImageProcessor`` from a hub id or a ``save_pretrained`` folder
-    (``weights`` overrides where the weights come from)."""
+    (``weights`` overrides where the weights come from; False: the architecture, random weights)."""
     try:
-        from transformers import AutoImageProcessor, AutoModel
+        from transformers import AutoConfig, AutoImageProcessor, AutoModel
     except ImportError as e:
         raise ImportError("Hugging Face encoders need `pip install transformers`") from e
-    source = weights or model
-    net = AutoModel.from_pretrained(source, revision=revision)
+    source = weights if isinstance(weights, str) else model
+    if weights is False:
+        net = AutoModel.from_config(AutoConfig.from_pretrained(model, revision=revision))
+    else:
+        net = AutoModel.from_pretrained(source, revision=revision)
     processor = AutoImageProcessor.from_pretrained(source, revision=revision)
     return ModuleEncoder(HFVisionModule(net), _HFTransform(processor), name=name or str(model).rstrip("/").split("/")[-1],
                          device=device, precision=precision)

@@ -104,7 +104,7 @@ def list_encoders() -> dict[str, str]:
 
 def encoder_info(encoder: Any, kind: str = "probe", precision: str | None = None) -> dict[str, Any]:
     """Attributes a features file stores about the encoder that made it."""
-    from openmusk import __version__
+    from openmusk.core import __version__
 
     spec = getattr(encoder, "spec", {"encoder": encoder.name})
     return {"encoder": str(spec.get("encoder", encoder.name)), "encoder_name": encoder.name,
@@ -182,3 +182,20 @@ class ModuleEncoder(CallableEncoder):
 
         super().__init__(name, image_fn, transform)
         self.device, self.precision = dev, prec
+
+    @torch.no_grad()
+    def encode_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, P, D) per-patch tokens from the module's ``forward_features`` (timm's convention):
+        a ViT's token sequence without its ``num_prefix_tokens`` (CLS, registers), or a CNN's
+        (B, C, H, W) map as H*W tokens."""
+        fn = getattr(self.model, "forward_features", None)
+        if fn is None:
+            raise ValueError(f"encoder {self.name!r} has no forward_features, so no per-patch tokens")
+        with autocast(self.device, self.precision):
+            out = fn(images.to(self.device))
+        if out.ndim == 4:
+            return out.flatten(2).transpose(1, 2).float()
+        if out.ndim != 3:
+            raise ValueError(f"encoder {self.name!r}: forward_features gave shape {tuple(out.shape)}, "
+                             "expected (B, tokens, D) or (B, C, H, W)")
+        return out[:, int(getattr(self.model, "num_prefix_tokens", 1)):].float()

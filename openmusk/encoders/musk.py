@@ -90,6 +90,12 @@ class MuskEncoder:
         return out.float()
 
     @torch.no_grad()
+    def encode_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, P, D) patch tokens after the final LayerNorm, CLS dropped (e.g. a VQ-KD teacher), float32."""
+        with autocast(self.device, self.precision):
+            return self.model.encode_image_tokens(images.to(self.device, non_blocking=True))[:, 1:].float()
+
+    @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """(B, D) normalised head embeddings of texts; long texts are embedded by windows and
         combined (:func:`openmusk.text.report_embeddings`), never silently cut."""
@@ -99,23 +105,17 @@ class MuskEncoder:
             return report_embeddings(self.model, self.tokenizer, list(texts), max_len=self.max_len).float()
 
 
-def _create(arch: str | None, weights: str | None, device: Any) -> torch.nn.Module:
-    """The MUSK model: ``weights`` a file or hub id; ``None``/``random``/``random:ARCH`` for random init."""
-    from openmusk.model import create_model
-
-    if weights is None or str(weights).startswith("random"):
-        _, _, named = str(weights or "random").partition(":")
-        return create_model(named or arch or "musk_large_patch16_384", device=device)
-    return create_model(arch, pretrained=weights, device=device)
-
-
 @register_encoder("musk", "MUSK (released weights by default): 2D multiscale probe features, head embeddings")
 def musk_encoder(weights: str | None = DEFAULT_WEIGHTS, arch: str | None = None, device: Any = None,
                  precision: str | None = None, name: str | None = None, multiscale: bool = True,
                  model: torch.nn.Module | None = None) -> MuskEncoder:
     """MUSK from weights (a file, ``hf_hub:owner/name``, or ``random[:ARCH]``) or a built ``model``."""
     dev = resolve_device(device)
-    m = model.to(dev) if model is not None else _create(arch, weights, dev)
+    if model is None:
+        from openmusk.model import create_model
+
+        model = create_model(arch, pretrained=weights or "random", device=dev)
+    m = model.to(dev)
     return MuskEncoder(m, name=name or "musk", precision=precision or "fp32", multiscale=multiscale)
 
 

@@ -4,88 +4,143 @@
 output_dir: results
 models:
   - {name: musk, kind: musk, pretrained: "hf_hub:xiangjx/musk"}
-  - {name: conch, kind: open_clip, model: "conch_ViT-B-16", pretrained: "hf_hub:MahmoodLab/conch"}
+  - {name: conch, kind: open_clip, model: "hf-hub:MahmoodLab/conch"}
+  - {name: vit_random, kind: timm, model: vit_small_patch16_224, pretrained: false}
 datasets:
   - {spec: unitopatho, root: /data/unitopatho}
   - {spec: my_dataset.yaml, root: /data/mine, tasks: [linear_probe, knn]}
 ```
+
+Read with ``load_config(EvalConfig, "bench.yaml")`` (:mod:`openmusk.core.config`): relative
+``output_dir``, ``cache_dir``, dataset ``root``, ``.yaml`` spec paths and local weight files
+resolve against the YAML's folder.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Mapping, Optional, Union
 
-import yaml
+from openmusk.core.config import config_from_dict, example_yaml, load_config, notice, path_field
+from openmusk.core.runtime import DEFAULT_DEVICE, DEFAULT_PRECISION, normalize_precision
+from openmusk.eval.specs import TASKS
 
-from openmusk.eval.specs import TASKS, check_keys
+__all__ = ["ModelEntry", "DatasetEntry", "EvalConfig", "load_eval_config", "model_kinds", "example_eval_yaml",
+           "is_weights_file"]
 
-__all__ = ["ModelEntry", "DatasetEntry", "EvalConfig", "load_eval_config", "MODEL_KINDS"]
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+_MUSK_KINDS = ("musk", "musk_singlescale")
+_OLD_FACTORY_MODULE = "openmusk.eval.encoders:"
 
-MODEL_KINDS = ("musk", "open_clip", "timm", "factory")
+
+def is_weights_file(value: str) -> bool:
+    """Whether a weights string names a local file by its suffix (so a config resolves it like other
+    paths), rather than a hub id, a tag or a name."""
+    return value.lower().endswith(WEIGHT_SUFFIXES)
 
 
-def _from_dict(cls, d: Any, where: str):
-    """Build dataclass ``cls`` from a mapping, naming unknown keys and the file they came from."""
-    check_keys(cls, d, where)
-    try:
-        return cls(**d)
-    except TypeError as e:
-        raise ValueError(f"{where}: {e}") from e
+def _timm_weights(pretrained: Union[bool, str, None]) -> Union[bool, str]:
+    """timm's ``weights``: False (random; also when unset, as always), True (the weights the model
+    name points to, also for a hub id or tag string), or a local weights file."""
+    if pretrained in (None, False) or pretrained == "random":
+        return False
+    if isinstance(pretrained, str) and is_weights_file(pretrained):
+        return pretrained
+    return True
+
+
+def model_kinds() -> list[str]:
+    """Every ``kind`` a model entry may have: the registered encoders and ``factory``."""
+    from openmusk.encoders import list_encoders
+
+    return sorted(list_encoders()) + ["factory"]
 
 
 @dataclass
 class ModelEntry:
-    """One encoder: MUSK by config/weights, an open_clip or timm model by name, or a factory."""
+    """One encoder of the grid, built through :func:`openmusk.encoders.load_encoder`.
+
+    ``kind`` is a registered encoder name (``musk``, ``musk_singlescale``, ``open_clip``,
+    ``timm``, ``hf``, ``color_stats``, ...) or ``factory`` with ``factory: module:function``.
+    ``model`` is the architecture (a MUSK config, an open_clip / timm / transformers model name).
+    ``pretrained``: ``false`` gives random weights for every kind; ``true`` the kind's default
+    weights; a string a weights file, hub id or open_clip tag; unset keeps each kind's default
+    (MUSK and timm: random, as before; open_clip and hf: the weights that come with the name).
+    """
+
+    renamed_keys: ClassVar[dict] = {"dtype": "precision"}
 
     name: str
     kind: str = "musk"
-    model: str | None = None
-    pretrained: str | None = None
-    factory: str | None = None
+    model: Optional[str] = None
+    pretrained: Union[bool, str, None] = path_field(None, when=is_weights_file)
+    factory: Optional[str] = None
     kwargs: dict = field(default_factory=dict)
-    dtype: str = "float32"
+    precision: Optional[str] = None       # None: the run's precision
 
     def __post_init__(self) -> None:
-        if self.kind not in MODEL_KINDS:
-            raise ValueError(f"model {self.name!r}: kind {self.kind!r} is not one of {MODEL_KINDS}")
+        kinds = model_kinds()
+        if self.kind not in kinds:
+            raise ValueError(f"model {self.name!r}: kind {self.kind!r} is not one of {kinds}")
         if self.kind == "factory" and (not self.factory or ":" not in self.factory):
             raise ValueError(f"model {self.name!r}: kind factory needs factory: 'module:function'")
-        if self.kind in ("open_clip", "timm") and not self.model:
+        if self.factory and self.factory.startswith(_OLD_FACTORY_MODULE):
+            new = "openmusk.encoders:" + self.factory[len(_OLD_FACTORY_MODULE):]
+            notice(f"model {self.name!r}: factory {self.factory!r} is now {new!r}")
+            self.factory = new
+        if self.kind in ("open_clip", "timm", "hf") and not self.model:
             raise ValueError(f"model {self.name!r}: kind {self.kind} needs model: <name>")
+        if isinstance(self.pretrained, str) and self.pretrained.strip().lower() in ("true", "false"):
+            self.pretrained = self.pretrained.strip().lower() == "true"
+        if self.precision is not None:
+            self.precision = normalize_precision(self.precision)
 
-    def build(self, device: str):
-        """Instantiate the encoder through the encoder registry (imports the model's library only now)."""
+    def encoder_args(self) -> tuple[str, dict[str, Any]]:
+        """The ``load_encoder`` name and keyword arguments this entry stands for."""
+        kw: dict[str, Any] = dict(self.kwargs)
+        if self.kind in _MUSK_KINDS:
+            if self.model:
+                kw["arch"] = self.model
+            if self.pretrained in (None, False):
+                kw["weights"] = "random"
+            elif self.pretrained is not True:  # True: the released weights, the factory's default
+                kw["weights"] = self.pretrained
+            return self.kind, kw
+        if self.model:
+            kw["model"] = self.model
+        if self.kind == "timm":
+            kw["weights"] = _timm_weights(self.pretrained)
+        elif self.pretrained is not None:
+            kw["weights"] = self.pretrained
+        return (self.factory if self.kind == "factory" else self.kind), kw
+
+    def build(self, device: Any = None, precision: str | None = None):
+        """The encoder on ``device`` (its library is imported only now); named as the entry."""
         from openmusk.encoders import load_encoder
 
-        precision = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(self.dtype, self.dtype)
-        if self.kind == "musk":
-            weights = self.pretrained if self.pretrained else f"random:{self.model or 'musk_large_patch16_384'}"
-            return load_encoder("musk", weights=weights, arch=self.model if self.pretrained else None,
-                                device=device, precision=precision, name=self.name)
-        if self.kind == "open_clip":
-            return load_encoder("open_clip", model=self.model, weights=self.pretrained, device=device,
-                                precision=precision, name=self.name)
-        if self.kind == "timm":
-            return load_encoder("timm", model=self.model, weights=self.pretrained not in (None, False, "false"),
-                                device=device, precision=precision, name=self.name, **self.kwargs)
-        enc = load_encoder(self.factory, **self.kwargs)
+        name, kw = self.encoder_args()
+        enc = load_encoder(name, device=device, precision=self.precision or precision, **kw)
         enc.name = self.name
         return enc
 
 
+def _is_spec_file(value: str) -> bool:
+    return value.endswith((".yaml", ".yml"))
+
+
 @dataclass
 class DatasetEntry:
-    """One dataset: a built-in spec name or a spec YAML path, where its files are, which splits."""
+    """One dataset: a built-in spec name or a spec YAML path, where its files are (default: the
+    spec's ``root``), which splits."""
 
-    spec: str
-    root: str
-    tasks: list[str] | None = None
+    spec: str = path_field(when=_is_spec_file)
+    root: Optional[str] = path_field(None)
+    tasks: Optional[list[str]] = None
     train_split: str = "train"
     test_split: str = "test"
-    val_split: str | None = None
-    retrieval_splits: list[str] | None = None
+    val_split: Optional[str] = None
+    retrieval_splits: Optional[list[str]] = None
 
     def __post_init__(self) -> None:
         bad = [t for t in (self.tasks or []) if t not in TASKS]
@@ -99,9 +154,10 @@ class EvalConfig:
 
     models: list[ModelEntry]
     datasets: list[DatasetEntry]
-    output_dir: str = "eval_results"
-    cache_dir: str | None = None
-    device: str = "cpu"
+    output_dir: str = path_field("eval_results")
+    cache_dir: Optional[str] = path_field(None)   # None: output_dir/features
+    device: str = DEFAULT_DEVICE
+    precision: str = DEFAULT_PRECISION
     batch_size: int = 64
     num_workers: int = 2
     n_resamples: int = 1000
@@ -114,35 +170,36 @@ class EvalConfig:
     knn_k: int = 20
 
     def __post_init__(self) -> None:
-        self.models = [m if isinstance(m, ModelEntry) else _from_dict(ModelEntry, m, f"models[{i}]")
+        self.models = [m if isinstance(m, ModelEntry) else config_from_dict(ModelEntry, m, f"models[{i}]")
                        for i, m in enumerate(self.models)]
-        self.datasets = [d if isinstance(d, DatasetEntry) else _from_dict(DatasetEntry, d, f"datasets[{i}]")
+        self.datasets = [d if isinstance(d, DatasetEntry) else config_from_dict(DatasetEntry, d, f"datasets[{i}]")
                          for i, d in enumerate(self.datasets)]
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
         if not self.models or not self.datasets:
             raise ValueError("an eval config needs at least one model and one dataset")
+        self.precision = normalize_precision(self.precision)
         if self.cache_dir is None:
             self.cache_dir = str(Path(self.output_dir) / "features")
 
 
-def load_eval_config(path: str | os.PathLike) -> EvalConfig:
-    """Read a run YAML; relative dataset roots / output folders resolve against the YAML's folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from e
-    cfg = _from_dict(EvalConfig, data, str(path))
-    base = path.parent
-    cfg.output_dir = str(base / cfg.output_dir)
-    cfg.cache_dir = str(base / cfg.cache_dir) if "cache_dir" in data and cfg.cache_dir else str(
-        Path(cfg.output_dir) / "features")
-    for d in cfg.datasets:
-        d.root = str(base / d.root)
-        if d.spec.endswith((".yaml", ".yml")):
-            d.spec = str(base / d.spec)
-    return cfg
+def load_eval_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> EvalConfig:
+    """A run YAML read by :func:`openmusk.core.config.load_config` (``overrides``: ``--set`` keys)."""
+    return load_config(EvalConfig, path, overrides)
+
+
+def example_eval_yaml() -> str:
+    """The ``eval run --example`` text: every run key with its default, and one model and one
+    dataset entry with theirs (``example_yaml`` alone would show those lists as ``null``)."""
+    entries = {"models": ModelEntry, "datasets": DatasetEntry}
+    out = []
+    for line in example_yaml(EvalConfig).splitlines(keepends=True):
+        key = line.split(":", 1)[0]
+        if key in entries:
+            item = example_yaml(entries[key]).splitlines()
+            out.append(f"{key}:  # required, one entry or more\n")
+            out += [f"{'- ' if i == 0 else '  '}{row}\n" for i, row in enumerate(item)]
+        else:
+            out.append(line)
+    return "".join(out)

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["classification_metrics", "CLASSIFICATION_METRICS", "retrieval_ranks", "recall_at_k",
+__all__ = ["label_metrics", "CLASSIFICATION_METRICS", "retrieval_ranks", "recall_at_k",
            "nearest_neighbors", "image_retrieval_outcomes"]
 
 
@@ -54,8 +54,9 @@ CLASSIFICATION_METRICS = {"accuracy": _accuracy, "balanced_accuracy": _balanced_
                           "weighted_f1": _weighted_f1}
 
 
-def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, float]:
-    """Accuracy, balanced accuracy (mean per-class recall) and support-weighted F1."""
+def label_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, float]:
+    """Accuracy, balanced accuracy (mean per-class recall) and support-weighted F1 of predicted
+    labels, as point values (the bootstrapped version is :func:`openmusk.eval.tasks.classification_result`)."""
     t, p = np.asarray(y_true), np.asarray(y_pred)
     return {k: f(t, p) for k, f in CLASSIFICATION_METRICS.items()}
 

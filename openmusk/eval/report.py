@@ -7,7 +7,7 @@ import html
 import os
 from pathlib import Path
 
-from openmusk.core.io import atomic_path, read_json
+from openmusk.core.io import atomic_path, read_json, save_figure
 
 __all__ = ["load_results", "results_rows", "format_table", "comparison_rows", "write_report"]
 
@@ -96,9 +96,7 @@ def _bar_chart(rows: list[dict], title: str, path: Path) -> None:
     ax.set_title(title)
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from openmusk.encoders.embed import zero_shot_weights
+from openmusk.core.io import write_json
+from openmusk.core.runtime import resolve_device
+from openmusk.encoders import FeatureSet, zero_shot_weights
 from openmusk.eval import tasks as T
 from openmusk.eval.config import DatasetEntry, EvalConfig
-from openmusk.eval.features import FeatureSet, cached_features, cached_text_features
+from openmusk.eval.features import cached_features, cached_text_features
 from openmusk.eval.specs import DatasetSpec, build_dataset, get_dataset_spec
-from openmusk.core.io import write_json
 
 __all__ = ["run_eval", "cell_path"]
 
@@ -115,6 +116,10 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     out = Path(cfg.output_dir)
     summary: dict[str, list] = {"done": [], "skipped": [], "not_applicable": [], "failed": []}
     specs = [(d, get_dataset_spec(d.spec)) for d in cfg.datasets]
+    for d, s in specs:
+        if d.root is None and s.root is None:
+            raise ValueError(f"dataset {d.spec!r}: give root: (the folder its files are in)")
+    device = resolve_device(cfg.device)
     for m in cfg.models:
         todo = [(d, s, t) for d, s in specs for t in (d.tasks or s.tasks)
                 if not cell_path(out, m.name, s.name, t).is_file()]
@@ -124,7 +129,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
         if not todo:
             continue
         try:
-            encoder = m.build(cfg.device)
+            encoder = m.build(device, cfg.precision)
         except Exception as exc:  # e.g. weights not available offline: report, go on with others
             msg = f"cannot build model {m.name!r}: {type(exc).__name__}: {exc}"
             print(f"FAILED {msg}", file=sys.stderr)

@@ -2,18 +2,20 @@
 
 The paper's datasets ship as YAML files in ``openmusk/eval/registry/`` (``get_dataset_spec("pcam")``);
 a user describes a new one in a YAML file with the same keys (``load_dataset_spec("my.yaml")``).
+Both are read by :func:`openmusk.core.config.load_config`. A spec's ``path`` and ``splits`` are
+relative to the dataset's root folder: the run config's ``root``, else the spec's own ``root``
+(which, like every path in a config file, is relative to the spec file).
 :func:`build_dataset` turns a spec + a root folder + a split into a dataset from
 :mod:`openmusk.data.datasets`.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
-import yaml
+from openmusk.core.config import load_config, path_field
 
 __all__ = ["DatasetSpec", "get_dataset_spec", "list_dataset_specs", "load_dataset_spec",
            "build_dataset", "REGISTRY_DIR", "FORMATS", "TASKS"]
@@ -22,16 +24,6 @@ REGISTRY_DIR = Path(__file__).with_name("registry")
 FORMATS = ("folder", "csv", "shards", "parquet")
 TASKS = ("zeroshot", "retrieval", "image_retrieval", "linear_probe", "few_shot", "knn")
 
-
-
-def check_keys(cls: type, d: object, where: str) -> None:
-    """Raise a ValueError naming ``where`` unless ``d`` is a mapping of ``cls``'s field names only."""
-    if not isinstance(d, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
 
 @dataclass
 class DatasetSpec:
@@ -43,11 +35,12 @@ class DatasetSpec:
     templates: list[str] = field(default_factory=lambda: ["{c}"])
     label_map: dict[str, int] = field(default_factory=dict)
     splits: dict[str, str] = field(default_factory=dict)
-    path: str = ""
-    split_column: str | None = None
+    path: str = ""                          # relative to the dataset root
+    root: Optional[str] = path_field(None)  # the dataset root when the run config gives none
+    split_column: Optional[str] = None
     image_column: str = "image"
-    label_column: str | None = "label"
-    caption_column: str | None = None
+    label_column: Optional[str] = "label"
+    caption_column: Optional[str] = None
     tasks: list[str] = field(default_factory=list)
     description: str = ""
     reference: str = ""
@@ -68,27 +61,10 @@ class DatasetSpec:
                              f"{len(self.classes)} classes")
         self.label_map = {str(k): int(v) for k, v in self.label_map.items()}
 
-    def prompts(self, class_index: int) -> list[str]:
-        """The prompt ensemble of one class: every template filled with its name."""
-        return [t.replace("{c}", self.classes[class_index]) for t in self.templates]
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "dataset spec") -> "DatasetSpec":
-        """Build from a mapping with exactly the dataclass's keys; unknown keys are an error."""
-        check_keys(cls, d, where)
-        if "name" not in d:
-            raise ValueError(f"{where}: 'name' is required")
-        return cls(**d)
-
 
 def load_dataset_spec(path: str | os.PathLike) -> DatasetSpec:
-    """Read a spec from a YAML file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from e
-    return DatasetSpec.from_dict(data, where=str(path))
+    """Read a spec from a YAML file (unknown keys and wrong types are named with the file)."""
+    return load_config(DatasetSpec, path)
 
 
 def list_dataset_specs() -> list[str]:
@@ -108,12 +84,16 @@ def get_dataset_spec(name_or_path: str | os.PathLike) -> DatasetSpec:
     return load_dataset_spec(p)
 
 
-def build_dataset(spec: DatasetSpec, root: str | os.PathLike, split: str | None = None,
+def build_dataset(spec: DatasetSpec, root: str | os.PathLike | None = None, split: str | None = None,
                   transform: Callable | None = None):
-    """Open ``spec``'s data under ``root`` for one split (or the whole set when ``split`` is None)."""
+    """Open ``spec``'s data under ``root`` (default: the spec's own) for one split (or the whole
+    set when ``split`` is None)."""
     from openmusk.data import datasets as D
 
-    root = Path(root)
+    if root is None and spec.root is None:
+        raise ValueError(f"dataset spec {spec.name!r}: where is its data? give root: in the run config "
+                         "(or in the spec)")
+    root = Path(root if root is not None else spec.root)
     if split is not None and split in spec.splits:
         location, split_filter = root / spec.splits[split], None
     elif split is not None and spec.split_column:

@@ -1,8 +1,9 @@
 """The slide-level workflow in two calls: ``train(config)`` (cross-validation with every output)
 and ``predict(results_dir, cohort, features_dir)`` (the fold models as an ensemble on new patients).
 
->>> from openmusk.mil import load_config, train
->>> results = train(load_config("her2.yaml"))
+>>> from openmusk.core.config import load_config
+>>> from openmusk.mil import MilConfig, train
+>>> results = train(load_config(MilConfig, "her2.yaml"))
 >>> results["summary"]["mean"]        # mean AUC over folds with 95% CI
 """
 from __future__ import annotations
@@ -12,7 +13,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 
 from openmusk.core.io import atomic_path, read_json, write_json
 from openmusk.mil.cohort import BagDataset, PatientRecord, attach_features, read_cohort
@@ -20,8 +20,9 @@ from openmusk.mil.config import MilConfig
 from openmusk.mil.losses import assign_bins, time_bins
 from openmusk.mil.models import MilModel, build_aggregator, load_aggregator
 from openmusk.mil.tasks import ClassificationTask, SurvivalTask, task_from_dict
+from openmusk.mil.trainer import FitConfig
 
-__all__ = ["train", "predict", "build_model", "report_embeddings"]
+__all__ = ["train", "predict", "build_model", "embed_patient_reports"]
 
 
 def build_model(config: MilConfig, task, in_dim: int, report_dim: int,
@@ -41,14 +42,16 @@ def build_model(config: MilConfig, task, in_dim: int, report_dim: int,
                     config.dropout)
 
 
-def report_embeddings(config: MilConfig, records: list[PatientRecord], progress: bool = True) -> np.ndarray:
-    """(P, E) MUSK report embeddings of the patients, cached in ``config.report_cache``."""
-    import openmusk
-    from openmusk.text.report import embed_reports
+def embed_patient_reports(config: MilConfig, records: list[PatientRecord], progress: bool = True) -> np.ndarray:
+    """(P, E) MUSK report embeddings of the patients (:func:`openmusk.text.embed_reports`: long
+    reports by windows), cached in ``config.report_cache``."""
+    from openmusk.core.runtime import resolve_device
+    from openmusk.model import create_model
+    from openmusk.text import embed_reports, get_tokenizer
 
-    model = openmusk.create_model(config.report_model, pretrained=config.report_weights)
+    model = create_model(config.report_model, pretrained=config.report_weights, device=resolve_device(config.device))
     cache = config.report_cache or str(Path(config.output_dir) / "report_embeddings.h5")
-    return embed_reports([r.report for r in records], model, openmusk.get_tokenizer(), cache,
+    return embed_reports([r.report for r in records], model, get_tokenizer(), cache,
                          model_name=config.report_model, progress=progress)
 
 
@@ -74,14 +77,12 @@ def _dataset(config: MilConfig, records: list[PatientRecord], task, reports: dic
                       load_features=config.modality != "text", seed=config.seed)
 
 
-def _train_config(config: MilConfig):
+def _fit_config(config: MilConfig) -> FitConfig:
     """The optimisation part of a MilConfig."""
-    from openmusk.mil.trainer import TrainConfig
-
-    return TrainConfig(epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
-                       warmup_epochs=config.warmup_epochs, batch_size=config.batch_size,
-                       patience=config.patience, precision=config.precision, device=config.device,
-                       seed=config.seed)
+    return FitConfig(epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
+                     warmup_epochs=config.warmup_epochs, batch_size=config.batch_size,
+                     patience=config.patience, precision=config.precision, device=config.device,
+                     seed=config.seed)
 
 
 def _load_cohort(config: MilConfig, log: Callable[[str], None], progress: bool):
@@ -97,7 +98,7 @@ def _load_cohort(config: MilConfig, log: Callable[[str], None], progress: bool):
             log(f"skipped {s['patient_id']}/{s['slide_id'] or '-'}: {s['reason']}")
     reports = None
     if config.modality != "image":
-        emb = report_embeddings(config, records, progress)
+        emb = embed_patient_reports(config, records, progress)
         reports = {r.patient_id: e for r, e in zip(records, emb)}
     return records, classes, dim, skipped, reports
 
@@ -122,7 +123,8 @@ def train(config: MilConfig, log: Callable[[str], None] = print, progress: bool 
     previous = out / "config.json"
     if previous.is_file():
         old = read_json(previous)
-        changed = {k for k, v in config.to_dict().items() if old.get(k) != v and k not in ("epochs",)}
+        changed = {k for k, v in config.to_dict().items()
+                   if old.get(k) != v and k not in ("epochs", "device", "precision")}
         if changed and any((out / f"fold_{k}" / "metrics.json").is_file() for k in range(config.folds)):
             raise ValueError(f"{out} holds folds trained with a different config (changed: "
                              f"{sorted(changed)}); use another output_dir or delete it")
@@ -144,7 +146,7 @@ def train(config: MilConfig, log: Callable[[str], None] = print, progress: bool 
     def after_fold(k, model, task, test_recs, test_set, fold_dir):
         if config.modality == "text":
             return
-        _, attention = evaluate(model, test_set, task, _train_config(config), keep_attention=True)
+        _, attention = evaluate(model, test_set, task, _fit_config(config), keep_attention=True)
         slides = {r.patient_id: [Path(f).stem for f in r.feature_files] for r in test_recs}
         save_attention(fold_dir / "attention.h5", attention, slides)
         from openmusk.mil.interpret import read_attention
@@ -155,7 +157,7 @@ def train(config: MilConfig, log: Callable[[str], None] = print, progress: bool 
 
     result = cross_validate(
         records, strata, build, lambda recs, task, tr: _dataset(config, recs, task, reports, tr),
-        _train_config(config), out, folds=config.folds, val_fraction=config.val_fraction,
+        _fit_config(config), out, folds=config.folds, val_fraction=config.val_fraction,
         balanced_sampler=config.balanced_sampler, after_fold=after_fold, n_resamples=config.bootstrap,
         log=log, progress=progress)
     oof = result["oof"]
@@ -219,17 +221,16 @@ def _slide_finder(config: MilConfig) -> Callable[[str], str | None]:
 
 def _tile_sizer(config: MilConfig) -> Callable[[str], int]:
     """slide id -> level-0 tile size: the config's, else the features file's coords attributes."""
-    import h5py
+    from openmusk.data.features_h5 import read_coords_file
 
     def size(slide_id: str) -> int:
         if config.tile_size:
             return int(config.tile_size)
         path = Path(config.features_dir) / f"{slide_id}.h5"
-        with h5py.File(path, "r") as f:
-            attrs = f["coords"].attrs
-            for key in ("patch_size_level0", "patch_size"):
-                if key in attrs:
-                    return int(attrs[key])
+        attrs = read_coords_file(path)[1]
+        for key in ("patch_size_level0", "patch_size"):
+            if key in attrs:
+                return int(attrs[key])
         raise ValueError(f"{path}: coords have no 'patch_size_level0' attribute; set tile_size in the config")
     return size
 
@@ -248,6 +249,7 @@ def predict(results_dir: str | os.PathLike, cohort: str | None = None, features_
 
     import pandas as pd
 
+    from openmusk.core.config import config_from_dict
     from openmusk.mil.cv import load_model_state
     from openmusk.mil.interpret import save_attention
     from openmusk.mil.trainer import evaluate
@@ -256,7 +258,7 @@ def predict(results_dir: str | os.PathLike, cohort: str | None = None, features_
     cfg_file = results_dir / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{results_dir}: no config.json; is it the output_dir of `mil train`?")
-    config = MilConfig(**read_json(cfg_file))
+    config = config_from_dict(MilConfig, read_json(cfg_file), where=str(cfg_file))
     config = dataclasses.replace(config, cohort=cohort or config.cohort,
                                  features_dir=features_dir or config.features_dir)
     out = Path(out_dir or results_dir / "predictions")
@@ -273,7 +275,7 @@ def predict(results_dir: str | os.PathLike, cohort: str | None = None, features_
                              f"expect {meta['feature_dim']}")
     reports = None
     if config.modality != "image":
-        emb = report_embeddings(config, records, progress)
+        emb = embed_patient_reports(config, records, progress)
         reports = {r.patient_id: e for r, e in zip(records, emb)}
     tables, attn_sum = [], {}
     for fold_dir in folds:
@@ -282,7 +284,7 @@ def predict(results_dir: str | os.PathLike, cohort: str | None = None, features_
                                  fold_dir / "model.safetensors")
         ds = _dataset(config, records, task, reports, False)
         ds.bins = None
-        table, attention = evaluate(model, ds, task, _train_config(config), keep_attention=True)
+        table, attention = evaluate(model, ds, task, _fit_config(config), keep_attention=True)
         tables.append((fold_dir.name, task, table))
         for pid, (a, sample) in attention.items():
             prev = attn_sum.get(pid)

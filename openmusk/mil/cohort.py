@@ -1,9 +1,11 @@
-"""Cohort tables and bags: patients with their slides' HDF5 features, outcomes and reports.
+"""Cohort tables and bags: patients with their slides' HDF5 features, outcomes, reports and RNA.
 
 A cohort CSV has one row per slide (several rows per patient) or one row per patient with slide
 ids joined by ';'. Each slide's features live in ``<features_dir>/<slide_id>.h5`` in the
 TRIDENT/CLAM layout that ``openmusk slide extract`` writes (``features`` (N, D) float,
-``coords`` (N, 2) int64). A patient's bag is the concatenation of all their slides' tiles.
+``coords`` (N, 2) int64), read through :mod:`openmusk.data.features_h5`; or the slide column
+holds the HDF5 paths themselves (``slide_paths=True``, relative to the CSV's folder), as mSTAR's
+pretraining tables do. A patient's bag is the concatenation of all their slides' tiles.
 """
 from __future__ import annotations
 
@@ -16,12 +18,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["PatientRecord", "read_cohort", "attach_features", "BagDataset", "collate_bags"]
+from openmusk.data.features_h5 import (FeaturesFileError, features_shape, read_coords_file, read_feature_rows,
+                                       read_features)
+
+__all__ = ["PatientRecord", "read_cohort", "attach_features", "read_bag", "BagDataset", "collate_bags",
+           "SPLITS"]
+
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
 class PatientRecord:
-    """One patient: slide feature files, outcome, report text and clinical covariates."""
+    """One patient: slide feature files, outcome, report text, clinical covariates and, for
+    pretraining, a fixed split and a preprocessed RNA-seq profile."""
 
     patient_id: str
     slides: list[str]
@@ -31,6 +40,8 @@ class PatientRecord:
     report: str = ""
     covariates: dict[str, Any] = field(default_factory=dict)
     feature_files: list[str] = field(default_factory=list)
+    split: str = ""                     # train | val | test, "" = not fixed by the table
+    rna: np.ndarray | None = None
 
 
 def _require(df, columns: Sequence[str], path: str) -> None:
@@ -40,15 +51,18 @@ def _require(df, columns: Sequence[str], path: str) -> None:
         raise ValueError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
 
 
-def read_cohort(path: str | os.PathLike, task: str = "classification", patient_column: str = "patient_id",
+def read_cohort(path: str | os.PathLike, task: str | None = "classification", patient_column: str = "patient_id",
                 slide_column: str = "slide_id", label_column: str = "label", time_column: str = "time",
                 event_column: str = "event", report_column: str | None = "report",
-                covariates: Sequence[str] = (), need_report: bool = False
-                ) -> tuple[list[PatientRecord], list[str]]:
+                covariates: Sequence[str] = (), need_report: bool = False, split_column: str | None = None,
+                slide_paths: bool = False) -> tuple[list[PatientRecord], list[str]]:
     """Read a cohort CSV into patient records and the sorted class names (classification).
 
-    Rows of one patient must agree on outcome and report; an inconsistent or invalid value raises
-    an error naming the CSV row (1-based, header = row 1).
+    ``task`` None reads no outcome (a pretraining cohort); then a patient may have no slide (an
+    empty slide cell). ``slide_paths``: the slide column holds HDF5 paths (absolute or relative
+    to the CSV's folder) instead of ids. ``split_column`` (optional column) fixes each patient's
+    train / val / test split. Rows of one patient must agree on outcome, report and split; an
+    inconsistent or invalid value raises an error naming the CSV row (1-based, header = row 1).
     """
     import pandas as pd
 
@@ -56,8 +70,10 @@ def read_cohort(path: str | os.PathLike, task: str = "classification", patient_c
     if not os.path.isfile(path):
         raise FileNotFoundError(f"cohort table not found: {path}")
     df = pd.read_csv(path, dtype={patient_column: str, slide_column: str})
-    outcome = [label_column] if task == "classification" else [time_column, event_column]
+    outcome = {"classification": [label_column], "survival": [time_column, event_column], None: []}[task]
     _require(df, [patient_column, slide_column, *outcome, *covariates], path)
+    has_split = bool(split_column) and split_column in df.columns
+    base = Path(path).parent
     if need_report:
         _require(df, [report_column], path)
     classes: list[str] = []
@@ -72,13 +88,20 @@ def read_cohort(path: str | os.PathLike, task: str = "classification", patient_c
     for i, row in enumerate(df.to_dict("records")):
         where = f"{path}: row {i + 2}"
         pid = str(row[patient_column])
-        slides = [s.strip() for s in str(row[slide_column]).split(";") if s.strip()]
-        if not slides or str(row[slide_column]) == "nan":
+        cell = "" if pd.isna(row[slide_column]) else str(row[slide_column])
+        slides = [s.strip() for s in cell.split(";") if s.strip()]
+        if not slides and task is not None:
             raise ValueError(f"{where}: empty {slide_column!r}")
+        if slide_paths:
+            slides = [s if os.path.isabs(s) else str(base / s) for s in slides]
         rec = PatientRecord(pid, slides)
+        if has_split:
+            rec.split = "" if pd.isna(row[split_column]) else str(row[split_column]).strip()
+            if rec.split not in ("", *SPLITS):
+                raise ValueError(f"{where}: {split_column} {rec.split!r} is not one of {SPLITS}")
         if task == "classification":
             rec.label = classes.index(str(row[label_column]))
-        else:
+        elif task == "survival":
             try:
                 rec.time, rec.event = float(row[time_column]), int(row[event_column])
             except (TypeError, ValueError) as e:
@@ -91,9 +114,9 @@ def read_cohort(path: str | os.PathLike, task: str = "classification", patient_c
         rec.covariates = {c: row[c] for c in covariates}
         if pid in records:
             prev = records[pid]
-            if (prev.label, prev.event, prev.report) != (rec.label, rec.event, rec.report) or \
-                    not (prev.time == rec.time or (np.isnan(prev.time) and np.isnan(rec.time))):
-                raise ValueError(f"{where}: patient {pid!r} has a different outcome or report than "
+            if (prev.label, prev.event, prev.report, prev.split) != (rec.label, rec.event, rec.report, rec.split) \
+                    or not (prev.time == rec.time or (np.isnan(prev.time) and np.isnan(rec.time))):
+                raise ValueError(f"{where}: patient {pid!r} has a different outcome, report or split than "
                                  "on an earlier row")
             prev.slides.extend(s for s in slides if s not in prev.slides)
         else:
@@ -105,55 +128,68 @@ def read_cohort(path: str | os.PathLike, task: str = "classification", patient_c
     return list(records.values()), classes
 
 
-def attach_features(records: list[PatientRecord], features_dir: str | os.PathLike
-                    ) -> tuple[list[PatientRecord], list[dict], int]:
+def attach_features(records: list[PatientRecord], features_dir: str | os.PathLike | None,
+                    keep_without_slides: bool = False) -> tuple[list[PatientRecord], list[dict], int]:
     """Find each slide's HDF5 file and check it; returns (kept records, skipped, feature dim).
 
-    A slide whose file is missing or malformed is skipped and reported; a patient with no usable
-    slide is dropped and reported. Feature dimensions must agree across the cohort.
+    ``features_dir`` None: each slide entry is already the file's path. A slide whose file is
+    missing or malformed is skipped and reported; a patient with no usable slide is dropped and
+    reported (kept with no features when ``keep_without_slides``, e.g. for a report-and-RNA
+    patient in pretraining). Feature dimensions must agree across the cohort.
     """
-    import h5py
-
-    features_dir = Path(features_dir)
     kept, skipped, dim = [], [], None
     for rec in records:
         rec.feature_files = []
         for slide in rec.slides:
-            path = features_dir / f"{slide}.h5"
-            reason = None
-            if not path.is_file():
-                reason = "feature file not found"
-            else:
-                try:
-                    with h5py.File(path, "r") as f:
-                        if "features" not in f or "coords" not in f:
-                            reason = f"needs 'features' and 'coords' datasets, found {list(f.keys())}"
-                        elif f["features"].ndim != 2 or f["features"].shape[0] == 0:
-                            reason = f"'features' must be (N>0, D), got {f['features'].shape}"
-                        elif f["coords"].shape != (f["features"].shape[0], 2):
-                            reason = (f"'coords' shape {f['coords'].shape} does not match "
-                                      f"'features' {f['features'].shape}")
-                        else:
-                            d = int(f["features"].shape[1])
-                            if dim is None:
-                                dim = d
-                            elif d != dim:
-                                reason = f"feature dim {d} differs from the cohort's {dim}"
-                except OSError as e:
-                    reason = f"unreadable HDF5 ({e})"
+            path = Path(slide) if features_dir is None else Path(features_dir) / f"{slide}.h5"
+            try:
+                _, d = features_shape(path)
+                reason = None if dim in (None, d) else f"feature dim {d} differs from the cohort's {dim}"
+                dim = d if dim is None else dim
+            except FeaturesFileError as e:
+                reason = str(e).removeprefix(f"{path}: ")
             if reason:
                 skipped.append({"patient_id": rec.patient_id, "slide_id": slide, "file": str(path),
                                 "reason": reason})
             else:
                 rec.feature_files.append(str(path))
-        if rec.feature_files:
+        if rec.feature_files or keep_without_slides:
             kept.append(rec)
         else:
             skipped.append({"patient_id": rec.patient_id, "slide_id": "", "file": "",
                             "reason": "patient dropped: no usable slide"})
     if dim is None:
-        raise ValueError(f"no usable feature file in {features_dir} for any of {len(records)} patients")
+        where = features_dir if features_dir is not None else "the cohort's feature files"
+        raise ValueError(f"no usable feature file in {where} for any of {len(records)} patients")
     return kept, skipped, dim
+
+
+def read_bag(feature_files: Sequence[str | os.PathLike], max_instances: int | None = None,
+             rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features (n, D), coords (n, 2) and slide index (n,) of a patient's slides, concatenated.
+
+    With ``max_instances`` a random subset of at most that many rows of the whole bag is drawn
+    (sorted) and only those rows are read, so memory does not grow with slide size.
+    """
+    if not max_instances:
+        parts = [read_features(p)[:2] for p in feature_files]
+        sizes = [len(f) for f, _ in parts]
+        return (np.concatenate([f for f, _ in parts]), np.concatenate([c for _, c in parts]),
+                np.repeat(np.arange(len(sizes)), sizes))
+    sizes = [features_shape(p)[0] for p in feature_files]
+    total = sum(sizes)
+    rng = rng or np.random.default_rng()
+    chosen = np.sort(rng.choice(total, size=max_instances, replace=False)) if total > max_instances \
+        else np.arange(total)
+    feats, coords, index, start = [], [], [], 0
+    for k, (path, n) in enumerate(zip(feature_files, sizes)):
+        local = chosen[(chosen >= start) & (chosen < start + n)] - start
+        if len(local):
+            feats.append(read_feature_rows(path, local))
+            coords.append(read_coords_file(path)[0][local])
+            index.append(np.full(len(local), k, np.int64))
+        start += n
+    return np.concatenate(feats), np.concatenate(coords), np.concatenate(index)
 
 
 class BagDataset(Dataset):
@@ -166,7 +202,7 @@ class BagDataset(Dataset):
 
     def __init__(self, records: Sequence[PatientRecord], reports: np.ndarray | None = None,
                  bins: np.ndarray | None = None, max_instances: int | None = None,
-                 load_features: bool = True, seed: int = 0):
+                 load_features: bool = True, seed: int | Sequence[int] = 0):
         self.records = list(records)
         self.reports = None if reports is None else np.asarray(reports, np.float32)
         self.bins = bins
@@ -177,27 +213,12 @@ class BagDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _bag(self, rec: PatientRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Concatenated features, coords and slide index of a patient's slides."""
-        from openmusk.slide.extract import read_features
-
-        feats, coords, index = [], [], []
-        for k, path in enumerate(rec.feature_files):
-            f, c, _ = read_features(path)
-            feats.append(f.astype(np.float32, copy=False))
-            coords.append(c.astype(np.int64, copy=False))
-            index.append(np.full(len(f), k, np.int64))
-        return np.concatenate(feats), np.concatenate(coords), np.concatenate(index)
-
     def __getitem__(self, i: int) -> dict[str, Any]:
         rec = self.records[i]
         item: dict[str, Any] = {"id": rec.patient_id, "label": rec.label, "time": rec.time,
                                 "event": rec.event, "bin": -1 if self.bins is None else int(self.bins[i])}
         if self.load_features:
-            f, c, s = self._bag(rec)
-            if self.max_instances and len(f) > self.max_instances:
-                keep = np.sort(self.rng.choice(len(f), self.max_instances, replace=False))
-                f, c, s = f[keep], c[keep], s[keep]
+            f, c, s = read_bag(rec.feature_files, self.max_instances, self.rng)
             item.update(features=torch.from_numpy(f), coords=torch.from_numpy(c),
                         slide_index=torch.from_numpy(s))
         if self.reports is not None:

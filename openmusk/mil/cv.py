@@ -8,6 +8,7 @@ The pooled out-of-fold predictions go to ``<out_dir>/oof_predictions.csv``.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,7 +21,7 @@ from torch.utils.data import Dataset
 from openmusk.core.io import atomic_path, read_json, write_json
 from openmusk.mil.cohort import collate_bags
 from openmusk.mil.tasks import task_from_dict
-from openmusk.mil.trainer import TrainConfig, evaluate, fit
+from openmusk.mil.trainer import FitConfig, evaluate, fit
 from openmusk.core.stats import mean_ci
 
 __all__ = ["stratified_folds", "validation_split", "cross_validate", "save_model", "load_model_state",
@@ -74,7 +75,7 @@ def load_model_state(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
 
 def cross_validate(records: Sequence[Any], strata: Sequence, build: Callable[[list], tuple[Any, nn.Module]],
-                   make_dataset: Callable[[list, Any, bool], Dataset], config: TrainConfig,
+                   make_dataset: Callable[[list, Any, bool], Dataset], config: FitConfig,
                    out_dir: str | os.PathLike, folds: int = 5, val_fraction: float = 0.2,
                    balanced_sampler: bool = True, collate_fn: Callable = collate_bags,
                    after_fold: Callable[..., None] | None = None, n_resamples: int = 1000,
@@ -113,7 +114,7 @@ def cross_validate(records: Sequence[Any], strata: Sequence, build: Callable[[li
         if balanced_sampler and task.kind == "classification":
             from openmusk.mil.trainer import class_balanced_weights
             weights = class_balanced_weights(np.array([r.label for r in train_recs]))
-        fold_cfg = TrainConfig(**{**config.__dict__, "seed": config.seed + k})
+        fold_cfg = dataclasses.replace(config, seed=config.seed + k)
         fit_res = fit(model, make_dataset(train_recs, task, True),
                       make_dataset(val_recs, task, False) if val_recs else None, task, fold_cfg,
                       sample_weights=weights, collate_fn=collate_fn, progress=progress)

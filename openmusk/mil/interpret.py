@@ -11,8 +11,6 @@ from typing import Callable
 
 import numpy as np
 
-from openmusk.core.io import atomic_path
-
 __all__ = ["save_attention", "read_attention", "render_attention"]
 
 
@@ -25,18 +23,15 @@ def save_attention(path: str | os.PathLike, attention: dict[str, tuple[np.ndarra
     """
     import json
 
-    import h5py
+    from openmusk.data.features_h5 import write_arrays
 
-    path = Path(path)
-    with atomic_path(path, suffix=".h5.tmp") as tmp:
-        with h5py.File(tmp, "w") as f:
-            for pid, (att, sample) in attention.items():
-                g = f.create_group(pid)
-                g.create_dataset("attention", data=np.asarray(att, np.float32))
-                g.create_dataset("coords", data=np.asarray(sample["coords"], np.int64))
-                g.create_dataset("slide_index", data=np.asarray(sample["slide_index"], np.int64))
-                g.attrs["slides"] = json.dumps(slide_ids[pid])
-    return path
+    arrays: dict[str, np.ndarray] = {}
+    for pid, (att, sample) in attention.items():
+        arrays[f"{pid}/attention"] = np.asarray(att, np.float32)
+        arrays[f"{pid}/coords"] = np.asarray(sample["coords"], np.int64)
+        arrays[f"{pid}/slide_index"] = np.asarray(sample["slide_index"], np.int64)
+    return write_arrays(path, arrays, dataset_attrs={pid: {"slides": json.dumps(slide_ids[pid])}
+                                                      for pid in attention})
 
 
 def read_attention(path: str | os.PathLike) -> dict[str, dict]:

@@ -9,6 +9,10 @@ mSTAR) can be loaded by name with :func:`load_aggregator`. Every aggregator has 
 ``features`` is (N, D) for one bag or (B, N, D) for a padded batch; ``mask`` (B, N) bool is True on
 real instances and False on padding. The slide embedding is (B, out_dim) and the attention (B, N)
 sums to 1 over the real instances of each bag.
+
+``aggregator.tokens(features)`` gives the aggregator's output token of every instance of one bag,
+(N, D) -> (N, out_dim): what it pools (ABMIL, mean pooling) or its final contextual tokens
+(TransMIL). mSTAR's self-taught stage uses them as targets.
 """
 from __future__ import annotations
 
@@ -39,6 +43,14 @@ def _as_batch(features: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.
     return features, mask.bool()
 
 
+def _one_bag(features: torch.Tensor) -> torch.Tensor:
+    """One bag (N, D) or (1, N, D) -> (1, N, D); anything else is an error."""
+    x = features.unsqueeze(0) if features.ndim == 2 else features
+    if x.ndim != 3 or x.shape[0] != 1:
+        raise ValueError(f"tokens() takes one bag (N, D), got shape {tuple(features.shape)}")
+    return x
+
+
 def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim in float32, ignoring positions where ``mask`` is False."""
     scores = scores.float().masked_fill(~mask, float("-inf"))
@@ -64,6 +76,10 @@ class ABMIL(nn.Module):
                                          nn.Dropout(dropout))
         self.attention_c = nn.Linear(attention_dim, 1)
 
+    def tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """The projected instances of one bag that the attention pools: (N, D) -> (N, hidden)."""
+        return self.fc(_one_bag(features))[0]
+
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention-weighted sum of the projected instances -> ((B, hidden), (B, N))."""
@@ -81,6 +97,10 @@ class MeanPool(nn.Module):
         super().__init__()
         self.out_dim = hidden_dim
         self.fc = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
+
+    def tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """The projected instances of one bag that the mean pools: (N, D) -> (N, hidden)."""
+        return self.fc(_one_bag(features))[0]
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,8 +213,10 @@ class TransMIL(nn.Module):
         self.layer2 = _TransLayer(hidden_dim, heads, landmarks, dropout)
         self.norm = nn.LayerNorm(hidden_dim)
 
-    def _one(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One bag (1, N, D) -> ((1, hidden), (1, N))."""
+    def _encode(self, x: torch.Tensor, cls_attention: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One bag (1, N, D) -> final-normed tokens (1, 1 + side^2, hidden), CLS first, and optionally
+        the last layer's CLS attention row."""
         n = x.shape[1]
         h = self.fc(x)
         side = math.ceil(math.sqrt(n))
@@ -204,11 +226,22 @@ class TransMIL(nn.Module):
         h = torch.cat([self.cls_token.expand(1, -1, -1).to(h.dtype), h], dim=1)
         h, _ = self.layer1(h)
         h = self.pos(h, side)
-        h, cls = self.layer2(h, cls_attention=True)
-        attn = cls[:, 1:n + 1].float()
-        attn = attn.clamp(min=0)
+        h, cls = self.layer2(h, cls_attention=cls_attention)
+        return self.norm(h), cls
+
+    def tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """Each instance's final token of one bag, after both Nystrom layers, PPEG and the norm (every
+        token sees the whole bag): (N, D) -> (N, hidden)."""
+        x = _one_bag(features)
+        return self._encode(x)[0][0, 1:x.shape[1] + 1]
+
+    def _one(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One bag (1, N, D) -> ((1, hidden), (1, N))."""
+        n = x.shape[1]
+        h, cls = self._encode(x, cls_attention=True)
+        attn = cls[:, 1:n + 1].float().clamp(min=0)
         attn = attn / attn.sum(-1, keepdim=True).clamp(min=1e-12)
-        return self.norm(h)[:, 0], attn
+        return h[:, 0], attn
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:

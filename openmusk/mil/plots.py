@@ -7,19 +7,9 @@ from typing import Sequence
 
 import numpy as np
 
-from openmusk.core.io import atomic_path
+from openmusk.core.io import save_figure
 
 __all__ = ["plot_roc", "plot_km"]
-
-
-def _save(fig, path: str | os.PathLike) -> Path:
-    """Save a figure atomically as PNG and close it."""
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return Path(path)
 
 
 def plot_roc(labels: Sequence[int], probs: np.ndarray, classes: Sequence[str], path: str | os.PathLike,
@@ -45,7 +35,7 @@ def plot_roc(labels: Sequence[int], probs: np.ndarray, classes: Sequence[str], p
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01),
            title=title or f"ROC, n={len(y)}")
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def plot_km(times: Sequence[float], events: Sequence[int], high_risk: Sequence[bool],
@@ -66,4 +56,4 @@ def plot_km(times: Sequence[float], events: Sequence[int], high_risk: Sequence[b
            title=title or "Kaplan-Meier by predicted risk (median split)")
     ax.text(0.02, 0.04, f"log-rank p = {res['logrank_p']:.3g}\nHR = {res['hazard_ratio']:.2f} "
             f"[{res['hr_low']:.2f}, {res['hr_high']:.2f}]", transform=ax.transAxes, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path, bbox_inches="tight")

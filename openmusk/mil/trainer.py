@@ -1,30 +1,38 @@
-"""Training one model on one split: AdamW, cosine schedule, early stopping on a validation metric.
+"""Training one model on one split (AdamW, cosine schedule, early stopping on a validation metric),
+and the pieces every slide-level training loop shares — :func:`fit` here and both mSTAR stages:
+:class:`Optimization` (parameter groups' AdamW, per-step warm-up + cosine schedule, the gradient
+step with clipping and fp16 loss scaling), autocast from :mod:`openmusk.core.runtime`, and atomic
+resume files (:func:`save_resume`, :func:`load_resume`).
 
-Model-agnostic: any ``nn.Module`` whose ``forward(batch: dict) -> {"logits": ..., "attention": ...}``
-works with any task from :mod:`openmusk.mil.tasks`, and any dataset yielding dicts with the
-collate function of your choice (default :func:`openmusk.mil.cohort.collate_bags`).
+:func:`fit` is model-agnostic: any ``nn.Module`` whose ``forward(batch: dict) -> {"logits": ...,
+"attention": ...}`` works with any task from :mod:`openmusk.mil.tasks`, and any dataset yielding
+dicts with the collate function of your choice (default :func:`openmusk.mil.cohort.collate_bags`).
 """
 from __future__ import annotations
 
 import copy
 import math
-from contextlib import nullcontext
+import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from openmusk.mil.cohort import collate_bags
+from openmusk.core.io import atomic_path
 from openmusk.core.optim import build_adamw, param_groups, warmup_cosine
+from openmusk.core.runtime import autocast, resolve_device, resolve_precision
+from openmusk.mil.cohort import collate_bags
 
-__all__ = ["TrainConfig", "fit", "evaluate", "resolve_device", "class_balanced_weights"]
+__all__ = ["FitConfig", "fit", "evaluate", "class_balanced_weights", "Optimization", "save_resume",
+           "load_resume", "to_device"]
 
 
 @dataclass
-class TrainConfig:
+class FitConfig:
     """Optimisation settings (the paper's: AdamW, cosine, LR 1e-3, 100 epochs, patience 10)."""
 
     epochs: int = 100
@@ -33,27 +41,69 @@ class TrainConfig:
     warmup_epochs: int = 0
     batch_size: int = 1
     patience: int = 10
-    precision: str = "fp32"     # fp32 | bf16 (autocast on CPU or GPU)
-    device: str = "auto"
+    precision: str = "auto"     # auto | fp32 | bf16 | fp16 autocast (auto: bf16 on GPU, fp32 on CPU)
+    device: str = "auto"        # auto | cpu | cuda | cuda:N
     seed: int = 0
     num_workers: int = 0
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+class Optimization:
+    """AdamW over parameter groups with a per-step linear warm-up + cosine schedule, and the step.
+
+    ``step(loss)``: zero the gradients, backward (loss-scaled when ``precision`` resolves to fp16),
+    clip the global gradient norm to ``clip_norm`` if given, optimiser step, schedule step.
+    ``state_dict()`` holds the optimiser, schedule and scaler for a resume file.
+    """
+
+    def __init__(self, groups: Sequence[dict], lr: float, total_steps: int, warmup_steps: int = 0,
+                 betas: tuple[float, float] = (0.9, 0.999), clip_norm: float | None = None,
+                 precision: str = "fp32", device: str | torch.device | None = "cpu"):
+        self.optimizer = build_adamw(groups, lr=lr, betas=betas)
+        self.scheduler = warmup_cosine(self.optimizer, warmup_steps, total_steps)
+        self.clip_norm = clip_norm
+        dev = resolve_device(device)
+        self.scaler = torch.amp.GradScaler(dev.type, enabled=resolve_precision(precision, dev) == "fp16")
+
+    def step(self, loss: torch.Tensor) -> None:
+        """One gradient step on ``loss``."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.clip_norm:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]],
+                                           self.clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimiser, schedule and loss-scaler state (keys of a resume file)."""
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` output (resume files without a scaler are accepted)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
 
-def _autocast(device: torch.device, precision: str):
-    """bf16 autocast on the device (CPU autocast supports bf16), or nothing for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
+def save_resume(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write a training state (tensors, state dicts, plain values) atomically: a crash never leaves
+    a half-written resume file."""
+    with atomic_path(path, suffix=".pt.tmp") as tmp:
+        torch.save(state, tmp)
 
 
-def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def load_resume(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any] | None:
+    """The state :func:`save_resume` wrote, mapped onto ``device``; None when there is none."""
+    if not Path(path).is_file():
+        return None
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """Move every tensor of a batch dict to ``device``."""
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -66,13 +116,13 @@ def class_balanced_weights(labels: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, task, config: TrainConfig | None = None,
+def evaluate(model: nn.Module, dataset: Dataset, task, config: FitConfig | None = None,
              collate_fn: Callable = collate_bags, keep_attention: bool = False):
     """Predictions table (one row per sample, column ``id`` first) and, optionally, each sample's
     attention as ``{id: (attention (N,), batch dict of that sample)}``."""
     import pandas as pd
 
-    config = config or TrainConfig()
+    config = config or FitConfig()
     device = resolve_device(config.device)
     model.eval().to(device)
     loader = DataLoader(dataset, batch_size=max(1, config.batch_size), shuffle=False,
@@ -80,8 +130,8 @@ def evaluate(model: nn.Module, dataset: Dataset, task, config: TrainConfig | Non
     rows: list[pd.DataFrame] = []
     attention: dict[str, tuple[np.ndarray, dict]] = {}
     for batch in loader:
-        batch = _to(batch, device)
-        with _autocast(device, config.precision):
+        batch = to_device(batch, device)
+        with autocast(device, config.precision):
             out = model(batch)
         cols = task.predict(out, batch)
         rows.append(pd.DataFrame({"id": batch["id"], **cols}))
@@ -97,7 +147,7 @@ def evaluate(model: nn.Module, dataset: Dataset, task, config: TrainConfig | Non
 
 
 def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, task,
-        config: TrainConfig, sample_weights: np.ndarray | None = None,
+        config: FitConfig, sample_weights: np.ndarray | None = None,
         collate_fn: Callable = collate_bags, log: Callable[[str], None] | None = None,
         progress: bool = False) -> dict:
     """Train ``model`` in place and keep the weights of the best validation epoch.
@@ -121,10 +171,9 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, task,
                         collate_fn=collate_fn, num_workers=config.num_workers,
                         drop_last=config.batch_size > 1 and len(train_set) > config.batch_size)
     steps_per_epoch = max(1, len(loader))
-    optimizer = build_adamw(param_groups(model, weight_decay=config.weight_decay, depth=0),
-                            lr=config.lr, betas=(0.9, 0.999))
-    scheduler = warmup_cosine(optimizer, config.warmup_epochs * steps_per_epoch,
-                              config.epochs * steps_per_epoch)
+    opt = Optimization(param_groups(model, weight_decay=config.weight_decay, depth=0), config.lr,
+                       config.epochs * steps_per_epoch, config.warmup_epochs * steps_per_epoch,
+                       precision=config.precision, device=device)
     best = {"score": -math.inf, "epoch": -1, "state": None}
     history: list[dict] = []
     stale = 0
@@ -136,16 +185,13 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, task,
         model.train()
         total, count = 0.0, 0
         for batch in loader:
-            batch = _to(batch, device)
-            with _autocast(device, config.precision):
+            batch = to_device(batch, device)
+            with autocast(device, config.precision):
                 out = model(batch)
             loss = task.loss(out, batch)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"epoch {epoch}: loss is {loss.item()} on batch {batch['id']}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            opt.step(loss)
             total += loss.item() * len(batch["id"])
             count += len(batch["id"])
         record = {"epoch": epoch, "train_loss": total / max(1, count)}
@@ -180,7 +226,7 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, task,
 
 
 @torch.no_grad()
-def _table_loss(model: nn.Module, dataset: Dataset, task, config: TrainConfig,
+def _table_loss(model: nn.Module, dataset: Dataset, task, config: FitConfig,
                 collate_fn: Callable) -> float:
     """Mean loss over ``dataset`` in evaluation mode (one batch for Cox, which compares patients)."""
     device = resolve_device(config.device)
@@ -188,8 +234,8 @@ def _table_loss(model: nn.Module, dataset: Dataset, task, config: TrainConfig,
     bs = len(dataset) if getattr(task, "loss_name", "") == "cox" else max(1, config.batch_size)
     total, count = 0.0, 0
     for batch in DataLoader(dataset, batch_size=bs, shuffle=False, collate_fn=collate_fn):
-        batch = _to(batch, device)
-        with _autocast(device, config.precision):
+        batch = to_device(batch, device)
+        with autocast(device, config.precision):
             out = model(batch)
         total += float(task.loss(out, batch)) * len(batch["id"])
         count += len(batch["id"])

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -20,10 +21,10 @@ from torch import nn
 from ..core.io import atomic_path
 from .config import MuskConfig
 from .hub import resolve_weights
-from .musk import POSITION_OFFSET, interpolate_positions
+from .musk import POSITION_OFFSET, Musk, interpolate_positions
 
-__all__ = ["CheckpointMismatchError", "CheckpointReader", "load_checkpoint", "save_checkpoint",
-           "config_from_checkpoint"]
+__all__ = ["CheckpointMismatchError", "CheckpointReader", "CheckpointReport", "load_checkpoint",
+           "save_checkpoint", "config_from_checkpoint", "check_checkpoint"]
 
 VISION_POSITIONS = "beit3.encoder.embed_positions.A.weight"
 CONFIG_METADATA_KEY = "openmusk_config"
@@ -186,3 +187,42 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, metadata: Optiona
     with atomic_path(path, suffix=".safetensors.tmp") as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return Path(path)
+
+
+@dataclass
+class CheckpointReport:
+    """What a checkpoint holds and how it compares with the model its configuration describes."""
+
+    path: str
+    config: MuskConfig
+    shapes: dict[str, tuple] = field(repr=False)
+    metadata: dict[str, str] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when names and shapes are exactly the released layout of ``config``."""
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    @property
+    def n_parameters(self) -> int:
+        """Number of values stored in the checkpoint."""
+        return sum(math.prod(s) for s in self.shapes.values())
+
+
+def check_checkpoint(source: str | os.PathLike, cache_dir: Optional[str | os.PathLike] = None) -> CheckpointReport:
+    """Read a checkpoint's names and shapes (no weights loaded), infer its configuration and check
+    every tensor against the model that configuration builds (on the meta device)."""
+    path = resolve_weights(source, cache_dir=cache_dir)
+    reader = CheckpointReader(path)
+    shapes = reader.shapes()
+    config = config_from_checkpoint(path)
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in Musk(config).state_dict().items()}
+    return CheckpointReport(
+        path=str(path), config=config, shapes=shapes, metadata=dict(reader.metadata),
+        missing=sorted(set(expected) - set(shapes)), unexpected=sorted(set(shapes) - set(expected)),
+        mismatched=[(k, shapes[k], expected[k]) for k in sorted(set(shapes) & set(expected))
+                    if shapes[k] != expected[k]])

@@ -51,14 +51,12 @@ class MuskConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MuskConfig":
-        """Build from a dict, naming any key that is not a field."""
-        names = {f.name for f in dataclasses.fields(cls)} | {"texts"}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown MuskConfig keys: {unknown}; valid keys: {sorted(names - {'texts'})}")
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], where: str = "MuskConfig") -> "MuskConfig":
+        """Build from a dict (checkpoint metadata, a config section) with the checks of every
+        openmusk config: unknown keys named with the closest valid one, typed values."""
+        from openmusk.core.config import config_from_dict
 
+        return config_from_dict(cls, {k: v for k, v in d.items() if k != "texts"}, where)
 
 CONFIGS: dict[str, MuskConfig] = {
     # the released checkpoint (xiangjx/musk): 675,188,737 parameters

@@ -25,7 +25,12 @@ def create_model(name_or_config: Optional[str | MuskConfig | dict] = None,
       from the checkpoint (our metadata, else its tensor shapes), weights loaded without a copy.
     * both: the given architecture, loaded from the checkpoint (vision positions are interpolated
       when the image size differs).
+    * ``pretrained="random"`` or ``"random:CONFIG"``: random weights spelled like a checkpoint, so a
+      ``--weights`` flag or ``weights:`` key can ask for them (tests, benchmarks, pretraining).
     """
+    if pretrained is not None and str(pretrained).startswith("random"):
+        named = str(pretrained).partition(":")[2]
+        name_or_config, pretrained = (named or name_or_config or "musk_large_patch16_384"), None
     path = resolve_weights(pretrained) if pretrained is not None else None
     if name_or_config is None:
         config = config_from_checkpoint(path) if path else get_config("musk_large_patch16_384")

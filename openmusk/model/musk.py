@@ -62,8 +62,8 @@ class VisionEmbedding(nn.Module):
         return torch.cat([self.cls_token.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
 
 
-class Encoder(nn.Module):
-    """Position tables per modality, the layer stack and the final multiway LayerNorm."""
+class MultiwayEncoder(nn.Module):
+    """Position tables per modality, the layer stack and the final multiway LayerNorm (``beit3.encoder``)."""
 
     def __init__(self, cfg: MuskConfig):
         super().__init__()
@@ -93,7 +93,7 @@ class BEiT3(nn.Module):
         super().__init__()
         self.text_embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim)
         self.vision_embed = VisionEmbedding(cfg)
-        self.encoder = Encoder(cfg)
+        self.encoder = MultiwayEncoder(cfg)
 
 
 class Musk(nn.Module):

@@ -14,7 +14,6 @@ _LAZY = {
     "FilterConfig": "openmusk.pretrain.config",
     "ShardsConfig": "openmusk.pretrain.config",
     "DataConfig": "openmusk.pretrain.config",
-    "load_config": "openmusk.pretrain.config",
     "TrainConfig": "openmusk.pretrain.trainer",
     "Trainer": "openmusk.pretrain.trainer",
     "VQKD": "openmusk.pretrain.vqkd",

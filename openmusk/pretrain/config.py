@@ -1,27 +1,22 @@
 """Configuration of each pretraining command: dataclasses whose fields are the YAML keys.
 
-``load_config(StageConfig, "run.yaml")`` reads YAML with ``yaml.safe_load`` and builds the nested
-dataclasses, naming any unknown key with its section.
+Files are read by the one openmusk loader (:func:`openmusk.core.config.load_config`): unknown keys
+are named with the closest valid one, values are type-checked, and relative paths (shards,
+outputs, weights, the tokenizer) resolve against the YAML file's folder.
 """
 from __future__ import annotations
 
-import dataclasses
-import os
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal
 
-import yaml
-
+from openmusk.core.config import path_field
+from openmusk.core.runtime import normalize_precision
 from openmusk.data.augment import AugmentConfig
 from openmusk.pretrain.trainer import TrainConfig
 from openmusk.pretrain.vqkd import VQKDConfig
 
 __all__ = ["DataConfig", "TokenizerStageConfig", "MaskedStageConfig", "ContrastiveStageConfig",
-           "FilterConfig", "ShardsConfig", "from_dict", "load_config"]
-
-T = TypeVar("T")
+           "FilterConfig", "ShardsConfig"]
 
 
 @dataclass
@@ -29,9 +24,9 @@ class DataConfig:
     """Where the shards are and how they are streamed; ``images``/``texts``/``pairs`` take a
     folder, a glob or a brace range of WebDataset shards."""
 
-    images: str | None = None
-    texts: str | None = None
-    pairs: str | None = None
+    images: str | None = path_field(None)
+    texts: str | None = path_field(None)
+    pairs: str | None = path_field(None)
     global_batch: int = 64
     shuffle_buffer: int = 1000
     num_workers: int = 2
@@ -43,9 +38,12 @@ class DataConfig:
 class TokenizerStageConfig:
     """``openmusk pretrain tokenizer``: VQ-KD trained to reconstruct a frozen teacher's patch features."""
 
-    output_dir: str = "runs/vqkd"
+    output_dir: str = path_field("runs/vqkd")
+    # an encoder (openmusk.encoders): musk:<config> (MUSK, weights from teacher_pretrained),
+    # timm:<model> (its pretrained weights), a registry name or module:function with teacher_args
     teacher: str = "musk:musk_large_patch16_384"
-    teacher_pretrained: str | None = "hf_hub:xiangjx/musk"
+    teacher_pretrained: str | None = path_field("hf_hub:xiangjx/musk")   # MUSK teachers; null: random
+    teacher_args: dict[str, Any] = field(default_factory=dict)           # more arguments of its factory
     tokenizer: VQKDConfig = field(default_factory=VQKDConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=5e-4, weight_decay=1e-4,
@@ -56,12 +54,12 @@ class TokenizerStageConfig:
 class MaskedStageConfig:
     """``openmusk pretrain masked``: stage 1, MIM + MLM on unpaired images and texts."""
 
-    output_dir: str = "runs/stage1"
+    output_dir: str = path_field("runs/stage1")
     model: str | None = "musk_large_patch16_384"   # None: the architecture of ``pretrained``
     model_config: dict[str, Any] = field(default_factory=dict)   # MuskConfig fields to override
-    pretrained: str | None = None
+    pretrained: str | None = path_field(None)
     drop_path_rate: float = 0.1
-    tokenizer: str = "runs/vqkd/tokenizer.safetensors"
+    tokenizer: str = path_field("runs/vqkd/tokenizer.safetensors")
     mask_ratio: float = 0.4
     min_mask_block: int = 16
     text_mask_ratio: float = 0.15
@@ -73,10 +71,10 @@ class MaskedStageConfig:
 class ContrastiveStageConfig:
     """``openmusk pretrain contrastive``: stage 2, CLIP + auxiliary MLM decoder on image-text pairs."""
 
-    output_dir: str = "runs/stage2"
+    output_dir: str = path_field("runs/stage2")
     model: str | None = "musk_large_patch16_384"   # None: the architecture of ``pretrained``
     model_config: dict[str, Any] = field(default_factory=dict)
-    pretrained: str | None = "runs/stage1/model.safetensors"
+    pretrained: str | None = path_field("runs/stage1/model.safetensors")
     drop_path_rate: float = 0.1
     decoder_depth: int = 2
     mlm_weight: float = 1.0
@@ -89,24 +87,30 @@ class ContrastiveStageConfig:
 class FilterConfig:
     """``openmusk pretrain filter``: score pairs with a trained model, keep the most similar ones."""
 
-    pairs: str = "shards/pairs"
-    output: str = "shards/pairs-filtered/pairs-%06d.tar"
-    pretrained: str = "runs/stage2/model.safetensors"
+    pairs: str = path_field("shards/pairs")
+    output: str = path_field("shards/pairs-filtered/pairs-%06d.tar")
+    pretrained: str = path_field("runs/stage2/model.safetensors")
     model: str | None = None
     drop_fraction: float = 0.1
     batch_size: int = 64
     max_text_len: int = 100
     maxcount: int = 10000
-    device: str = "auto"
+    device: str = "auto"           # auto | cpu | cuda | cuda:N (openmusk.core.runtime)
+    precision: str = "auto"        # auto | fp32 | bf16 | fp16 autocast while scoring
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.drop_fraction < 1:
+            raise ValueError(f"drop_fraction must be in [0, 1), got {self.drop_fraction}")
+        self.precision = normalize_precision(self.precision)
 
 
 @dataclass
 class ShardsConfig:
     """``openmusk pretrain make-shards``: a folder / CSV / text file / slides -> WebDataset shards."""
 
-    source: str = "images/"
-    output: str = "shards/images-%06d.tar"
-    kind: str = "images"           # images | texts | pairs | slides
+    source: str = path_field("images/")
+    output: str = path_field("shards/images-%06d.tar")
+    kind: Literal["images", "texts", "pairs", "slides"] = "images"
     maxcount: int = 10000
     image_column: str = "image"
     text_column: str = "text"
@@ -118,38 +122,3 @@ class ShardsConfig:
     min_tissue: float = 0.5
     seed: int = 0
 
-
-def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
-    """Build dataclass ``cls`` from a mapping, recursing into nested dataclass fields."""
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise ValueError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown} in {where or 'config'}; valid keys: {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            value = from_dict(hint, value, f"{where}.{name}" if where else name)
-        elif typing.get_origin(hint) is tuple and isinstance(value, list):
-            value = tuple(value)
-        kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{where or cls.__name__}: {e}") from e
-
-
-def load_config(cls: type[T], path: str | os.PathLike) -> T:
-    """Read a YAML file into ``cls``, naming the file in every error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-        return from_dict(cls, data)
-    except (yaml.YAMLError, ValueError) as e:
-        raise ValueError(f"{path}: {e}") from e

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from openmusk.core.dist import init_distributed, is_main, rank, world_size
 from openmusk.core.io import atomic_path, write_json
+from openmusk.core.runtime import autocast, resolve_device, resolve_precision
 from openmusk.pretrain.config import (ContrastiveStageConfig, DataConfig, FilterConfig,
                                       MaskedStageConfig, ShardsConfig, TokenizerStageConfig)
 from openmusk.pretrain.contrastive import ContrastiveAlignment
@@ -29,7 +30,7 @@ from openmusk.pretrain.data import (ImageDecoder, PairDecoder, TextDecoder, make
                                     make_slide_shards)
 from openmusk.pretrain.masked import MaskedModelling
 from openmusk.pretrain.stream import JointLoader, ShardStream
-from openmusk.pretrain.trainer import Hook, Trainer, resolve_device
+from openmusk.pretrain.trainer import Hook, Trainer, training_precision
 from openmusk.pretrain.vqkd import VQKD, VQKDObjective, load_tokenizer, resolve_teacher, save_tokenizer
 
 __all__ = ["build_musk", "train_tokenizer", "train_masked", "train_contrastive", "filter_pairs", "score_pairs",
@@ -83,13 +84,14 @@ def export_model(trainer: Trainer, path: str | Path) -> Path:
 
 
 def train_tokenizer(cfg: TokenizerStageConfig, hooks: Sequence[Hook] = (), teacher=None) -> dict:
-    """Train the VQ-KD tokenizer; ``teacher`` (a callable) overrides ``cfg.teacher``."""
+    """Train the VQ-KD tokenizer; ``teacher`` (an encoder or a callable) overrides ``cfg.teacher``."""
     init_distributed()
     torch.manual_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     tcfg = cfg.tokenizer
     teach = resolve_teacher(teacher if teacher is not None else cfg.teacher, tcfg.grid,
-                            cfg.teacher_pretrained, device)
+                            cfg.teacher_pretrained, device, training_precision(cfg.train.precision, device),
+                            **cfg.teacher_args)
     with torch.no_grad():
         dim = teach(torch.zeros(1, 3, tcfg.img_size, tcfg.img_size, device=device)).shape[-1]
     tcfg = dataclasses.replace(tcfg, teacher_dim=int(dim))
@@ -148,13 +150,16 @@ def train_contrastive(cfg: ContrastiveStageConfig, hooks: Sequence[Hook] = ()) -
 
 @torch.no_grad()
 def score_pairs(model, pairs: str, batch_size: int = 64, max_text_len: int = 100,
-                device: str | torch.device = "cpu") -> list[tuple[str, str, float]]:
-    """Cosine similarity of every pair in ``pairs`` shards: (shard, key, score); bad pairs get NaN."""
+                device: str | torch.device | None = None, precision: str = "fp32") -> list[tuple[str, str, float]]:
+    """Cosine similarity of every pair in ``pairs`` shards: (shard, key, score); bad pairs get NaN.
+
+    ``device`` defaults to the model's; ``precision`` is the autocast of the forward passes."""
     from openmusk.data.shards import iter_tar_samples, list_shards
     from openmusk.data.transforms import get_transform
     from openmusk.pretrain.data import _image_bytes, _text
     from openmusk.text import get_tokenizer
     tok, transform = get_tokenizer(), get_transform(model.config.img_size)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     out: list[tuple[str, str, float]] = []
     batch: list[tuple[str, str, torch.Tensor, str]] = []
 
@@ -163,9 +168,10 @@ def score_pairs(model, pairs: str, batch_size: int = 64, max_text_len: int = 100
             return
         imgs = torch.stack([b[2] for b in batch]).to(device)
         ids, pad = tok([b[3] for b in batch], max_len=max_text_len)
-        img = model.encode_image(imgs)
-        txt = model.encode_text(ids.to(device), pad.to(device))
-        for (shard, key, _, _), s in zip(batch, (img * txt).sum(-1).tolist()):
+        with autocast(device, precision):
+            img = model.encode_image(imgs)
+            txt = model.encode_text(ids.to(device), pad.to(device))
+        for (shard, key, _, _), s in zip(batch, (img.float() * txt.float()).sum(-1).tolist()):
             out.append((shard, key, float(s)))
         batch.clear()
 
@@ -191,11 +197,10 @@ def filter_pairs(cfg: FilterConfig) -> dict:
     """Bootstrapped filtering: score all pairs, drop the lowest ``drop_fraction``, write the rest."""
     from openmusk.data.shards import ShardWriter, iter_tar_samples
     from openmusk.model import create_model
-    if not 0 <= cfg.drop_fraction < 1:
-        raise ValueError(f"drop_fraction must be in [0, 1), got {cfg.drop_fraction}")
     device = resolve_device(cfg.device)
     model = create_model(cfg.model, pretrained=cfg.pretrained, device=device).eval()
-    scores = score_pairs(model, cfg.pairs, cfg.batch_size, cfg.max_text_len, device)
+    scores = score_pairs(model, cfg.pairs, cfg.batch_size, cfg.max_text_len, device,
+                         resolve_precision(cfg.precision, device))
     valid = np.array([s for _, _, s in scores if np.isfinite(s)])
     if len(valid) == 0:
         raise ValueError(f"{cfg.pairs}: no readable image-text pairs")

@@ -1,7 +1,8 @@
 """The pretraining loop shared by the tokenizer, stage 1 and stage 2.
 
 One process or many under ``torchrun`` (DDP or FSDP through ``torch.distributed``); AdamW with
-the paper's defaults from :mod:`openmusk.core.optim`; bf16 autocast; gradient accumulation;
+the paper's defaults from :mod:`openmusk.core.optim`; bf16 autocast (device and precision resolved
+by :mod:`openmusk.core.runtime`, so ``auto`` means this rank's GPU and bf16 there); gradient accumulation;
 activation checkpointing; atomic checkpoints holding model, optimiser, scheduler, data position
 and RNG state, from which a killed run resumes exactly; logs to CSV and TensorBoard.
 """
@@ -23,9 +24,10 @@ from tqdm import tqdm
 from openmusk.core.dist import init_distributed, is_main, rank, world_size
 from openmusk.core.io import atomic_path
 from openmusk.core.optim import build_adamw, param_groups, warmup_cosine
+from openmusk.core.runtime import autocast, normalize_precision, resolve_device, resolve_precision
 from openmusk.pretrain.stream import JointLoader
 
-__all__ = ["TrainConfig", "Trainer", "resolve_device"]
+__all__ = ["TrainConfig", "Trainer", "training_precision"]
 
 Hook = Callable[[int, dict, "Trainer"], None]
 
@@ -43,31 +45,31 @@ class TrainConfig:
     eps: float = 1e-8
     grad_accum: int = 1
     clip_grad: float | None = 3.0
-    precision: str = "fp32"          # fp32 | bf16 (autocast)
+    precision: str = "auto"          # auto (bf16 on a GPU that has it, else fp32) | fp32 | bf16
     grad_checkpointing: bool = False
     strategy: str = "ddp"            # ddp | fsdp (used when launched with torchrun on >1 process)
     seed: int = 0
     log_every: int = 10
     save_every: int = 500
-    device: str = "auto"             # auto | cpu | cuda
+    device: str = "auto"             # auto (this rank's GPU, else cpu) | cpu | cuda | cuda:N
     resume: bool = True
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"train.precision must be fp32 or bf16, got {self.precision!r}")
+        self.precision = normalize_precision(self.precision)
+        if self.precision == "fp16":
+            raise ValueError("precision fp16 is not supported (training in fp16 needs loss scaling); "
+                             "use auto, bf16 or fp32")
         if self.strategy not in ("ddp", "fsdp"):
-            raise ValueError(f"train.strategy must be ddp or fsdp, got {self.strategy!r}")
+            raise ValueError(f"strategy must be ddp or fsdp, got {self.strategy!r}")
         if self.grad_accum < 1 or self.total_steps < 1:
-            raise ValueError("train.grad_accum and train.total_steps must be at least 1")
+            raise ValueError("grad_accum and total_steps must be at least 1")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> this rank's GPU when CUDA is available, else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device(name)
+def training_precision(precision: str, device: torch.device) -> str:
+    """The autocast precision of a training run: ``auto`` is bf16 where the device supports it
+    and fp32 elsewhere (never fp16, which would need loss scaling)."""
+    p = resolve_precision(precision, device)
+    return "fp32" if p == "fp16" else p
 
 
 def _mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -94,6 +96,7 @@ class Trainer:
         self.cfg, self.loader, self.hooks = cfg, loader, list(hooks)
         self.output_dir = Path(output_dir)
         self.device = resolve_device(cfg.device)
+        self.precision = training_precision(cfg.precision, self.device)
         self.objective = objective.to(self.device).train()
         self.model = model
         self.stage_config = stage_config or {}
@@ -206,11 +209,6 @@ class Trainer:
                     merged[k] = v.to(self.device, non_blocking=True)
         return merged
 
-    def _autocast(self):
-        if self.cfg.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def fit(self) -> list[dict]:
         """Train to ``total_steps`` (resuming from ``checkpoint.pt`` when present); returns the log rows."""
         cfg = self.cfg
@@ -269,7 +267,7 @@ class Trainer:
             last = micro == cfg.grad_accum - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.module, "no_sync") else self.module.no_sync()
             with sync:
-                with self._autocast():
+                with autocast(self.device, self.precision):
                     out = self.module(**batch)
                 loss = out["loss"]
                 if not torch.isfinite(loss):

@@ -3,8 +3,9 @@
 A small ViT encodes each patch, an l2-normalised cosine codebook quantises it (EMA updates,
 restart of dead codes), and a small ViT decoder reconstructs the teacher's patch features from the
 codes under a cosine loss. After training, :meth:`VQKD.encode_ids` gives one token id per patch:
-the targets of masked image modelling in stage 1. The teacher is any frozen encoder, given by
-name (``musk:<config>``, ``timm:<model>``) or as a callable ``images -> (B, P, D)``.
+the targets of masked image modelling in stage 1. The teacher is any frozen encoder of the
+registry (:func:`openmusk.encoders.load_encoder`) that gives per-patch tokens (``encode_patches``),
+named as in :func:`resolve_teacher`, or a callable ``images -> (B, P, D)``.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -21,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from openmusk.core.io import atomic_path
+from openmusk.data.transforms import MUSK_MEAN, MUSK_STD, denormalize
 
-__all__ = ["VQKDConfig", "VQKD", "NormEMACodebook", "Teacher", "resolve_teacher", "codebook_stats",
-           "save_tokenizer", "load_tokenizer", "VQKDObjective"]
+__all__ = ["VQKDConfig", "VQKD", "NormEMACodebook", "Teacher", "resolve_teacher", "teacher_from_encoder",
+           "load_teacher_encoder", "codebook_stats", "save_tokenizer", "load_tokenizer", "VQKDObjective"]
 
 
 @dataclass
@@ -185,11 +187,16 @@ class VQKD(nn.Module):
 
 
 class Teacher:
-    """A frozen encoder seen as ``images (MUSK-normalised) -> patch features (B, grid*grid, D)``."""
+    """A frozen encoder seen as ``images (MUSK-normalised) -> patch features (B, grid*grid, D)``.
+
+    Images are resized to the teacher's ``img_size`` and moved from MUSK's normalisation to the
+    teacher's ``mean``/``std``; its token grid is resized to ``grid`` when the sizes differ.
+    """
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], grid: int,
-                 img_size: int | None = None, mean: tuple = (0.5,) * 3, std: tuple = (0.5,) * 3):
+                 img_size: int | None = None, mean: tuple = MUSK_MEAN, std: tuple = MUSK_STD):
         self.fn, self.grid, self.img_size = fn, grid, img_size
+        self.same_normalization = tuple(mean) == MUSK_MEAN and tuple(std) == MUSK_STD
         self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
 
     @torch.no_grad()
@@ -197,8 +204,8 @@ class Teacher:
         x = images.float()
         if self.img_size and x.shape[-1] != self.img_size:
             x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bicubic", align_corners=False)
-        # from MUSK's normalisation (mean = std = 0.5) to the teacher's
-        x = ((x * 0.5 + 0.5) - self.mean.to(x.device)) / self.std.to(x.device)
+        if not self.same_normalization:
+            x = (denormalize(x) - self.mean.to(x.device)) / self.std.to(x.device)
         feats = self.fn(x).float()
         b, n, d = feats.shape
         side = int(math.isqrt(n))
@@ -211,30 +218,66 @@ class Teacher:
         return feats
 
 
-def resolve_teacher(teacher: str | Callable, grid: int, pretrained: str | None = None,
-                    device: str | torch.device = "cpu") -> Teacher:
-    """A frozen teacher from ``musk:<config>`` (with optional ``pretrained`` weights), ``timm:<name>``
-    (needs timm; its pretrained weights and normalisation) or a callable ``images -> (B, P, D)``."""
+def _input_convention(transform: Callable) -> tuple[int, tuple, tuple]:
+    """(side, mean, std) of an encoder's input, measured through its own transform: a black and a
+    white image become ``-mean/std`` and ``(1 - mean)/std`` per channel."""
+    from PIL import Image
+
+    black, white = (transform(Image.new("RGB", (512, 512), (v, v, v))).float() for v in (0, 255))
+    if black.ndim != 3 or black.shape[0] != 3:
+        raise ValueError(f"teacher transform gives shape {tuple(black.shape)}, expected (3, S, S)")
+    b, w = black[:, 0, 0].double(), white[:, 0, 0].double()
+    std = 1.0 / (w - b)
+    return int(black.shape[-1]), tuple((-b * std).tolist()), tuple(std.tolist())
+
+
+def teacher_from_encoder(encoder: Any, grid: int) -> Teacher:
+    """A :class:`Teacher` from a registry encoder with ``encode_patches`` (frozen, in eval mode);
+    its input size and normalisation are read from its transform."""
+    if not callable(getattr(encoder, "encode_patches", None)):
+        raise ValueError(f"encoder {getattr(encoder, 'name', encoder)!r} gives no per-patch tokens "
+                         "(encode_patches), so it cannot teach the VQ-KD tokenizer")
+    model = getattr(encoder, "model", None)
+    if isinstance(model, nn.Module):
+        model.eval().requires_grad_(False)
+    img_size, mean, std = _input_convention(encoder.transform)
+    return Teacher(encoder.encode_patches, grid, img_size, mean, std)
+
+
+def load_teacher_encoder(teacher: str, pretrained: str | None = None, device: Any = None,
+                         precision: str | None = None, **kwargs: Any) -> Any:
+    """The teacher encoder named by a tokenizer config.
+
+    ``musk:<config>`` is MUSK of that config with ``pretrained`` weights (None: random init),
+    ``timm:<model>`` a timm model with its pretrained weights; any other name goes to
+    :func:`openmusk.encoders.load_encoder` with ``kwargs`` (``pretrained`` is the ``weights``
+    of the MUSK encoders ``musk`` and ``musk_singlescale``).
+    """
+    from openmusk.encoders import load_encoder
+
+    kind, sep, rest = teacher.partition(":")
+    if sep and kind == "musk":
+        return load_encoder("musk", weights=pretrained or "random", arch=rest or None, device=device,
+                            precision=precision, **kwargs)
+    if sep and kind == "timm":
+        return load_encoder("timm", model=rest, weights=True, device=device, precision=precision, **kwargs)
+    if teacher in ("musk", "musk_singlescale"):
+        kwargs.setdefault("weights", pretrained or "random")
+    return load_encoder(teacher, device=device, precision=precision, **kwargs)
+
+
+def resolve_teacher(teacher: str | Callable | Any, grid: int, pretrained: str | None = None,
+                    device: str | torch.device | None = None, precision: str | None = None,
+                    **kwargs: Any) -> Teacher:
+    """A frozen :class:`Teacher` from an encoder name (see :func:`load_teacher_encoder`), an encoder
+    object with ``encode_patches``, or a callable ``MUSK-normalised images -> (B, P, D)``."""
+    if isinstance(teacher, str):
+        teacher = load_teacher_encoder(teacher, pretrained, device, precision, **kwargs)
+    if hasattr(teacher, "encode_image"):  # an encoder: it must give per-patch tokens
+        return teacher_from_encoder(teacher, grid)
     if callable(teacher):
         return Teacher(teacher, grid)
-    kind, _, name = teacher.partition(":")
-    if kind == "musk":
-        import openmusk
-        model = openmusk.create_model(name or None, pretrained=pretrained).to(device).eval()
-        model.requires_grad_(False)
-        return Teacher(lambda x: model.encode_image_tokens(x)[:, 1:], grid, model.config.img_size)
-    if kind == "timm":
-        try:
-            import timm
-        except ImportError as e:
-            raise ImportError(f"teacher {teacher!r} needs timm (pip install timm)") from e
-        model = timm.create_model(name, pretrained=True, num_classes=0).to(device).eval()
-        model.requires_grad_(False)
-        cfg = model.pretrained_cfg
-        n_prefix = getattr(model, "num_prefix_tokens", 1)
-        return Teacher(lambda x: model.forward_features(x)[:, n_prefix:], grid,
-                       cfg["input_size"][-1], tuple(cfg["mean"]), tuple(cfg["std"]))
-    raise ValueError(f"unknown teacher {teacher!r}: use musk:<config>, timm:<model> or a callable")
+    raise TypeError(f"teacher must be an encoder name, an encoder or a callable, got {type(teacher).__name__}")
 
 
 class VQKDObjective(nn.Module):

@@ -13,7 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -21,14 +21,15 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from openmusk.core.io import atomic_path, write_json
-from openmusk.slide.extract import ExtractConfig, encoder_name, extract_slide, read_features
+from openmusk.data.features_h5 import read_features
+from openmusk.slide.config import ExtractConfig
+from openmusk.slide.encode import extract_slide
 from openmusk.slide.heatmap import draw_heatmap, export_tile_scores, top_tiles_grid
 from openmusk.slide.reader import open_slide
 from openmusk.slide.tiling import TilingConfig, tile_slide, write_coords
 from openmusk.slide.tissue import segment_tissue
 
-__all__ = ["DEMO_SLIDE", "TISSUE_PROMPTS", "PROMPT_TEMPLATES", "DemoResult", "run_demo",
-           "zero_shot_tiles", "class_text_embeddings"]
+__all__ = ["DEMO_SLIDE", "TISSUE_PROMPTS", "PROMPT_TEMPLATES", "DemoResult", "run_demo", "zero_shot_tiles"]
 
 DEMO_SLIDE = Path(__file__).resolve().parents[1] / "assets" / "demo" / "cmu_small_region.svs"
 RANDOM_MODEL = "musk_tiny_patch16_384"
@@ -41,11 +42,11 @@ TISSUE_PROMPTS: dict[str, list[str]] = {
     "background": ["background", "empty glass slide", "blank white area"],
 }
 PROMPT_TEMPLATES = [
-    "{}.",
-    "an H&E image of {}.",
-    "a histopathology image of {}.",
-    "a photomicrograph showing {}.",
-    "an image of {} from a skin biopsy.",
+    "{c}.",
+    "an H&E image of {c}.",
+    "a histopathology image of {c}.",
+    "a photomicrograph showing {c}.",
+    "an image of {c} from a skin biopsy.",
 ]
 
 RANDOM_WARNING = (
@@ -67,19 +68,6 @@ class DemoResult:
     seconds: float = 0.0
 
 
-def class_text_embeddings(model: torch.nn.Module, tokenizer: Callable, prompts: dict[str, list[str]],
-                          templates: list[str]) -> torch.Tensor:
-    """One L2-normalised text embedding per class: the mean over synonyms x templates (C, D)."""
-    rows = []
-    for synonyms in prompts.values():
-        texts = [t.format(s) for s in synonyms for t in templates]
-        ids, pad = tokenizer(texts, max_len=100)
-        with torch.inference_mode():
-            emb = model.encode_text(ids.to(_device(model)), pad.to(_device(model)))
-        rows.append(F.normalize(emb.float().mean(0), dim=-1))
-    return torch.stack(rows)
-
-
 def zero_shot_tiles(model: torch.nn.Module, features: np.ndarray, text_emb: torch.Tensor) -> np.ndarray:
     """Class probabilities (N, C) of tiles from their multiscale features.
 
@@ -87,49 +75,47 @@ def zero_shot_tiles(model: torch.nn.Module, features: np.ndarray, text_emb: torc
     ``normalize(vision_head(features[:, :D]))``: no second pass over the tiles.
     """
     d = int(model.config.embed_dim)
-    x = torch.as_tensor(features[:, :d], dtype=torch.float32, device=_device(model))
+    device = next(model.parameters()).device
+    x = torch.as_tensor(features[:, :d], dtype=torch.float32, device=device)
     with torch.inference_mode():
         img = F.normalize(model.vision_head(x), dim=-1)
-        logits = model.similarity(img, text_emb.to(img.device))
+        logits = model.similarity(img, torch.as_tensor(text_emb, device=device))
     return logits.softmax(dim=-1).cpu().numpy()
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+def _demo_encoder(weights: str | None, device: str | None, precision: str) -> tuple[Any, str, str]:
+    """(encoder, weights used, model name): the given weights, else the released ones if cached, else
+    the small random model. An explicit request never falls back silently."""
+    from openmusk.encoders import load_encoder
+    from openmusk.model import DEFAULT_WEIGHTS, resolve_weights, weights_available
 
-
-def _load_model(weights: str | None, device: torch.device) -> tuple[torch.nn.Module, str, str]:
-    """(model, weights used, model name): the given weights, else the released ones if cached, else random."""
-    import openmusk
-
-    if weights is not None:   # an explicit request must not silently fall back
-        path = openmusk.resolve_weights(weights)
-    elif openmusk.weights_available(openmusk.DEFAULT_WEIGHTS):   # the hub cache only: no network
-        path = openmusk.resolve_weights(openmusk.DEFAULT_WEIGHTS)
-    else:
-        return openmusk.create_model(RANDOM_MODEL, device=device), "random", RANDOM_MODEL
-    model = openmusk.create_model(pretrained=path, device=device)
-    return model, path, encoder_name(model)
+    if weights is None:
+        weights = DEFAULT_WEIGHTS if weights_available(DEFAULT_WEIGHTS) else "random"   # hub cache only
+    if str(weights).startswith("random"):
+        arch = str(weights).partition(":")[2] or RANDOM_MODEL
+        torch.manual_seed(0)   # the random fallback is the same model on every run
+        enc = load_encoder("musk", weights="random", arch=arch, device=device, precision=precision)
+        return enc, "random", arch
+    path = resolve_weights(weights)
+    return load_encoder("musk", weights=path, device=device, precision=precision), path, "musk"
 
 
 def run_demo(out_dir: str | os.PathLike, weights: str | None = None, slide_path: str | os.PathLike | None = None,
              overlap: float = 0.5, batch_size: int = 16, num_workers: int = 0, precision: str = "auto",
-             device: str | None = None, random_weights: bool = False, slide_mpp: float | None = None,
-             progress: bool = True,
+             device: str | None = None, slide_mpp: float | None = None, progress: bool = True,
              log: Callable[[str], None] = print) -> DemoResult:
-    """Run the demo on the shipped slide (or ``slide_path``) and write ``out_dir/report.html``."""
-    import openmusk
+    """Run the demo on the shipped slide (or ``slide_path``) and write ``out_dir/report.html``.
+
+    ``weights``: a file or hub id, ``random[:ARCH]`` for the small random model, None for the
+    released weights when they are cached (else random).
+    """
+    from openmusk.encoders import zero_shot_weights
 
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     slide_path = Path(slide_path or DEMO_SLIDE)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(0)   # the random fallback is the same model on every run
-    if random_weights:
-        model, used, model_name = openmusk.create_model(RANDOM_MODEL, device=dev), "random", RANDOM_MODEL
-    else:
-        model, used, model_name = _load_model(weights, dev)
+    encoder, used, model_name = _demo_encoder(weights, device, precision)
     if used == "random":
         banner = "!" * 100
         log(f"{banner}\n{RANDOM_WARNING}\n{banner}")
@@ -137,9 +123,7 @@ def run_demo(out_dir: str | os.PathLike, weights: str | None = None, slide_path:
         log(f"using weights {used}")
 
     tiling = TilingConfig(overlap=overlap)
-    config = ExtractConfig(model=model_name, weights=None if used == "random" else used,
-                           batch_size=batch_size, num_workers=num_workers, precision=precision,
-                           slide_mpp=slide_mpp, tiling=tiling)
+    config = ExtractConfig(batch_size=batch_size, num_workers=num_workers, slide_mpp=slide_mpp, tiling=tiling)
     feat_dir = out / "features"
     with open_slide(slide_path, default_mpp=slide_mpp) as slide:
         log(f"slide {slide.path.name}: {slide.dimensions[0]} x {slide.dimensions[1]} px, "
@@ -151,13 +135,13 @@ def run_demo(out_dir: str | os.PathLike, weights: str | None = None, slide_path:
         write_json(feat_dir / "tissue" / f"{slide.name}.geojson", tissue.geojson())
         write_coords(feat_dir / "coords" / f"{slide.name}.h5", tiles)
         (feat_dir / f"{slide.name}.h5").unlink(missing_ok=True)   # always recompute in the demo
-        extract_slide(slide_path, feat_dir, model, config, progress=progress)
+        extract_slide(slide_path, feat_dir, encoder, config, progress=progress)
         feats, coords, attrs = read_features(feat_dir / f"{slide.name}.h5")
         size0 = int(attrs["patch_size_level0"])
 
-        text_emb = class_text_embeddings(model, openmusk.get_tokenizer(), TISSUE_PROMPTS, PROMPT_TEMPLATES)
-        probs = zero_shot_tiles(model, feats, text_emb)
         classes = list(TISSUE_PROMPTS)
+        text_emb = zero_shot_weights(encoder, list(TISSUE_PROMPTS.values()), PROMPT_TEMPLATES)
+        probs = zero_shot_tiles(encoder.model, feats, torch.from_numpy(text_emb))
         pred = probs.argmax(1)
         fractions = {c: float((pred == i).mean()) for i, c in enumerate(classes)}
 

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from openmusk.core.io import atomic_path, write_json
+from openmusk.core.io import atomic_path, save_figure, write_json
 from openmusk.slide.reader import Slide, open_slide
 
 __all__ = ["score_map", "draw_heatmap", "heatmap_from_features", "export_tile_scores", "top_tiles_grid"]
@@ -87,9 +87,7 @@ def draw_heatmap(slide: Slide | str | os.PathLike, coords: np.ndarray, scores: n
     ax.set_title(title or f"{s.name}: {label} ({len(finite)} tiles)", fontsize=10)
     fig.tight_layout()
     out = Path(out)
-    with atomic_path(out, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, out, dpi=100)
     return out
 
 
@@ -100,12 +98,12 @@ def heatmap_from_features(slide: Slide | str | os.PathLike, features_path: str |
     Reads ``coords`` and its ``patch_size_level0`` attribute from the file; ``kwargs`` go to
     :func:`draw_heatmap`.
     """
-    import h5py
+    from openmusk.data.features_h5 import read_coords_file
 
-    with h5py.File(features_path, "r") as f:
-        if "coords" not in f or "patch_size_level0" not in f["coords"].attrs:
-            raise ValueError(f"{features_path}: needs a 'coords' dataset with a 'patch_size_level0' attribute")
-        coords, size0 = f["coords"][:], int(f["coords"].attrs["patch_size_level0"])
+    coords, attrs = read_coords_file(features_path)
+    if "patch_size_level0" not in attrs:
+        raise ValueError(f"{features_path}: needs a 'coords' dataset with a 'patch_size_level0' attribute")
+    size0 = int(attrs["patch_size_level0"])
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if len(scores) != len(coords):
         raise ValueError(f"{features_path}: {len(coords)} tiles but {len(scores)} scores")

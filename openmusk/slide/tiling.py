@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
-from openmusk.core.io import atomic_path
+from openmusk.data.features_h5 import FeaturesFileError, read_coords_file, write_coords_file
 from openmusk.slide.reader import Slide
 from openmusk.slide.tissue import TissueMask
 
@@ -106,28 +105,14 @@ def tissue_fraction_per_tile(tissue: TissueMask, coords: np.ndarray, size0: int)
 
 def write_coords(path: str | os.PathLike, tiles: Tiles) -> Path:
     """Write the coords-only HDF5 file (dataset ``coords`` + attributes) atomically."""
-    with atomic_path(path, suffix=".h5.tmp") as tmp:
-        with h5py.File(tmp, "w") as f:
-            ds = f.create_dataset("coords", data=tiles.coords.astype(np.int64),
-                                  maxshape=(None, 2), chunks=(max(1, min(len(tiles.coords), 4096)), 2))
-            for k, v in tiles.attrs.items():
-                ds.attrs[k] = v
-    return Path(path)
+    return write_coords_file(path, tiles.coords, tiles.attrs)
 
 
 def read_coords(path: str | os.PathLike) -> Tiles:
     """Read a coords file written by :func:`write_coords` (or TRIDENT/CLAM's patching step)."""
-    try:
-        with h5py.File(path, "r") as f:
-            if "coords" not in f:
-                raise ValueError(f"{path}: no 'coords' dataset (found {list(f.keys())})")
-            ds = f["coords"]
-            coords = np.asarray(ds[:], dtype=np.int64).reshape(-1, 2)
-            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in ds.attrs.items()}
-    except OSError as e:
-        raise ValueError(f"{path}: not a readable HDF5 coords file ({e})") from e
+    coords, attrs = read_coords_file(path)
     if "patch_size_level0" not in attrs:
-        raise ValueError(f"{path}: coords attribute 'patch_size_level0' is missing")
+        raise FeaturesFileError(f"{path}: coords attribute 'patch_size_level0' is missing")
     return Tiles(coords, attrs)
 
 

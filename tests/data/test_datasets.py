@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from openmusk.data.datasets import (CsvDataset, ImageFolderDataset, ParquetDataset, ShardDataset,
-                                    collate_skip_bad)
+from openmusk.data.datasets import (CsvDataset, ImageFilesDataset, ImageFolderDataset, ParquetDataset,
+                                    ShardDataset, collate_skip_bad)
 from openmusk.data.shards import ShardWriter
 
 
@@ -86,6 +86,24 @@ def test_unreadable_images_are_skipped_and_named(tiles, tmp_path):
         if images is not None:
             assert images.shape[1:] == (128, 128, 3)
     assert failed == [bad] and sorted(good) == sorted(set(range(len(ds))) - {bad})
+
+
+def test_image_files_mix_files_and_folders(tiles, tmp_path):
+    nested = tmp_path / "a" / "deep"
+    nested.mkdir(parents=True)
+    tiles[0][0].save(nested / "z.png")
+    tiles[1][0].save(tmp_path / "a" / "y.jpg")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    tiles[2][0].save(tmp_path / "single.png")
+    ds = ImageFilesDataset([tmp_path / "single.png", tmp_path / "a"])
+    assert ds.keys == [str(tmp_path / "single.png"), str(nested / "z.png"), str(tmp_path / "a" / "y.jpg")]
+    assert np.array_equal(np.asarray(ds.load_image(1)), np.asarray(tiles[0][0]))
+    assert ds.labels is None
+    with pytest.raises(FileNotFoundError, match="no such file or folder: .*missing"):
+        ImageFilesDataset([tmp_path / "single.png", tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images with extensions"):
+        ImageFilesDataset(tmp_path / "empty")
 
 
 def test_bad_tables_name_the_file_and_row(tiles, tmp_path):

@@ -16,7 +16,8 @@ from openmusk.cli import main
 @pytest.mark.slow
 def test_demo_writes_an_honest_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--random-weights", "--overlap", "0.25", "--no-progress"]) == 0
+    assert main(["demo", "--out", str(out), "--weights", "random", "--overlap", "0.25", "--device", "cpu",
+                 "--quiet"]) == 0
     printed = capsys.readouterr().out
     assert "RANDOMLY INITIALISED" in printed                       # loud in the terminal
     page = (out / "report.html").read_text()
@@ -29,6 +30,7 @@ def test_demo_writes_an_honest_report(tmp_path: Path, capsys: pytest.CaptureFixt
     with h5py.File(out / "features" / "cmu_small_region.h5") as f:
         feats, coords = f["features"][:], f["coords"][:]
         assert feats.shape[1] == 128 and f["features"].attrs["encoder_weights"] == "random"
+        assert f["features"].attrs["encoder"] == "musk" and "musk_tiny_patch16_384" in f["features"].attrs["encoder_spec"]
     table = pd.read_csv(out / "tile_scores.csv")
     classes = ["epidermis", "dermis", "adipose", "background"]
     np.testing.assert_array_equal(table[["x", "y"]].to_numpy(), coords)
@@ -54,3 +56,12 @@ def test_zero_shot_from_features_equals_the_head_embedding() -> None:
         feats = model.encode_image(x, head=False, normalize=False, multiscale=True).numpy()
         ref = model.similarity(model.encode_image(x), text).softmax(-1).numpy()
     np.testing.assert_allclose(zero_shot_tiles(model, feats, text), ref, atol=1e-5)
+
+
+def test_demo_old_flag_spellings_still_parse(capsys: pytest.CaptureFixture) -> None:
+    from openmusk.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "--random-weights", "--no-progress", "--workers", "1"])
+    assert (args.weights, args.quiet, args.num_workers, args.precision, args.device) == ("random", True, 1, None, None)
+    err = capsys.readouterr().err
+    assert "--random-weights is now spelled --weights random" in err and "--no-progress is now spelled --quiet" in err

@@ -86,7 +86,7 @@ def test_cli_errors_are_clear(cohort, capsys, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("cohort: x.csv\nlearning_rate: 0.1\n")
     assert main(["mil", "train", str(bad)]) == 2
-    assert "unknown config keys ['learning_rate']" in capsys.readouterr().err
+    assert "unknown key 'learning_rate'" in capsys.readouterr().err
     bad.write_text(f"cohort: {cohort / 'cohort.csv'}\nfeatures_dir: {cohort / 'features'}\ntask: survival\n"
                    f"output_dir: {tmp_path / 'out'}\n")
     assert main(["mil", "train", str(bad)]) == 2

@@ -9,9 +9,9 @@ from openmusk.mil import metrics
 from openmusk.mil.losses import assign_bins, time_bins
 from openmusk.mil.models import ABMIL, MilModel
 from openmusk.mil.tasks import ClassificationTask, SurvivalTask
-from openmusk.mil.trainer import TrainConfig, class_balanced_weights, evaluate, fit
+from openmusk.mil.trainer import FitConfig, class_balanced_weights, evaluate, fit
 
-CFG = TrainConfig(epochs=12, lr=1e-3, patience=5)
+CFG = FitConfig(epochs=12, lr=1e-3, patience=5)
 BINARY = ClassificationTask(["neg", "pos"])
 
 
@@ -58,8 +58,8 @@ def test_survival_learns_hidden_instance_feature(make_bags, loss):
     task = SurvivalTask(loss, edges.tolist() if loss == "nll" else [])
     torch.manual_seed(0)
     model = MilModel(ABMIL(32, 64, 32), task.n_outputs)
-    cfg = (TrainConfig(epochs=15, lr=1e-3, batch_size=1) if loss == "nll"
-           else TrainConfig(epochs=20, lr=2e-3, batch_size=8))
+    cfg = (FitConfig(epochs=15, lr=1e-3, batch_size=1) if loss == "nll"
+           else FitConfig(epochs=20, lr=2e-3, batch_size=8))
     fit(model, train, None, task, cfg)
     table = evaluate(model, test, task)
     c = metrics.harrell_c(table["time"], table["event"], table["risk"])
@@ -103,6 +103,6 @@ def test_bf16_autocast_step_on_cpu(make_bags):
     bags = make_bags(8, seed=0)
     model = _abmil()
     before = [p.detach().clone() for p in model.parameters()]
-    fit(model, bags, None, BINARY, TrainConfig(epochs=1, precision="bf16", device="cpu"))
+    fit(model, bags, None, BINARY, FitConfig(epochs=1, precision="bf16", device="cpu"))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -79,3 +79,28 @@ def test_milmodel_modalities_and_errors():
         MilModel(ABMIL(16, 32, 8), 2, "both", report_dim=8)({"features": batch["features"]})
     with pytest.raises(ValueError, match=r"features must be \(N, D\)"):
         ABMIL(16)(torch.randn(16))
+
+
+def test_tokens_are_what_each_aggregator_pools_or_its_final_tokens():
+    torch.manual_seed(0)
+    agg = TransMIL(16, 32).eval()
+    x = torch.randn(23, 16)
+    captured = {}
+    handle = agg.norm.register_forward_hook(lambda module, inputs, output: captured.update(out=output.clone()))
+    with torch.no_grad():
+        agg(x)
+    handle.remove()
+    with torch.no_grad():
+        tokens = agg.tokens(x)
+    torch.testing.assert_close(tokens, captured["out"][0, 1:24])  # the module's own normed tokens, CLS dropped
+    x2 = x.clone()
+    x2[5] += 3.0  # TransMIL tokens carry slide context: another patch changes patch 0's token
+    with torch.no_grad():
+        assert not torch.allclose(agg.tokens(x2)[0], tokens[0])
+    for cls in (ABMIL, MeanPool):
+        pool = cls(16, 32).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(pool.tokens(x), pool.fc(x))
+            torch.testing.assert_close(pool.tokens(x2)[0], pool.tokens(x)[0])  # no context: patch 0 unchanged
+    with pytest.raises(ValueError, match="one bag"):
+        agg.tokens(torch.randn(2, 5, 16))

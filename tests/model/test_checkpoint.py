@@ -34,6 +34,14 @@ def test_one_error_names_missing_extra_and_misshaped(tmp_path, tiny_sd):
     assert "unexpected:  beit3.extra.weight" in msg
     assert "mis-shaped:  vision_head.weight: checkpoint [32, 31] vs model [32, 32]" in msg
     assert str(path) in msg
+    # the same findings as a report, without loading any weight (what `openmusk info` prints)
+    report = openmusk.model.check_checkpoint(path)
+    assert not report.ok and report.config == openmusk.get_config("musk_tiny_patch16_32")
+    assert report.missing == ["beit3.encoder.layers.1.ffn.B.fc2.bias"]
+    assert report.unexpected == ["beit3.extra.weight"]
+    assert report.mismatched == [("vision_head.weight", (32, 31), (32, 32))]
+    good = openmusk.model.check_checkpoint(openmusk.save_checkpoint(_tiny(), tmp_path / "good.safetensors"))
+    assert good.ok and good.n_parameters == sum(p.numel() for p in _tiny().parameters())
 
 
 @pytest.mark.parametrize("wrap", ["model", "module", None])

@@ -90,5 +90,7 @@ def test_fixture_config_accepted_and_inferred_from_checkpoint(parity_dir):
     assert cfg == openmusk.get_config("musk_tiny_patch16_32")
     inferred = openmusk.config_from_checkpoint(str(parity_dir / "tiny_musk.safetensors"))
     assert inferred == cfg
-    with pytest.raises(ValueError, match="unknown MuskConfig keys: \\['embed_dimm'\\]"):
+    with pytest.raises(ValueError, match="unknown key 'embed_dimm' for MuskConfig.*did you mean 'embed_dim'"):
         openmusk.MuskConfig.from_dict({"embed_dimm": 3})
+    with pytest.raises(ValueError, match="key 'depth' expects int, got 'two'"):
+        openmusk.MuskConfig.from_dict({"depth": "two"})

@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from openmusk.pretrain.config import ContrastiveStageConfig, MaskedStageConfig, load_config
+from openmusk.core.config import load_config
+from openmusk.pretrain.config import ContrastiveStageConfig, MaskedStageConfig
 from openmusk.pretrain.stages import train_contrastive, train_masked
 from openmusk.pretrain.vqkd import VQKD, VQKDConfig, save_tokenizer
 

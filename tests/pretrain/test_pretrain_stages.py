@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import openmusk
+from openmusk.cli import main
 from openmusk.data.augment import AugmentConfig
 from openmusk.pretrain.config import (ContrastiveStageConfig, DataConfig, FilterConfig,
                                       MaskedStageConfig, TokenizerStageConfig)
@@ -20,6 +23,11 @@ from openmusk.pretrain.vqkd import VQKDConfig, codebook_stats, load_tokenizer
 from pretrain_corpus import CAPTIONS, CLASSES, TINY
 
 AUG = AugmentConfig(img_size=64, crop_scale=(0.5, 1.0))
+
+
+def _write(path, d):
+    path.write_text(yaml.safe_dump(d))
+    return str(path)
 
 
 def _teacher():
@@ -193,3 +201,45 @@ def test_filter_drops_the_lowest_scoring_pairs(contrastive_run, corpus, tmp_path
     from openmusk.data.shards import iter_tar_samples, list_shards
     written = [s["__key__"] for p in list_shards(tmp_path / "kept") for s in iter_tar_samples(p)]
     assert sorted(written) == sorted(r["key"] for r in rows if r["kept"] == "1")
+
+
+@pytest.mark.slow
+def test_recipe_end_to_end_through_the_cli(corpus, tmp_path):
+    """tokenizer (teacher by name) -> stage 1 -> stage 2 from stage 1 -> filter, 3 steps each.
+
+    The configs name their outputs and inputs relative to their own folder (not the working one)."""
+    train = {"total_steps": 3, "warmup_steps": 1, "log_every": 1, "save_every": 1000, "device": "cpu"}
+    data = {"global_batch": 8, "shuffle_buffer": 16, "num_workers": 0, "max_text_len": 16,
+            "augment": {"img_size": 64, "crop_scale": [0.5, 1.0]}}
+    tok = _write(tmp_path / "tok.yaml", {
+        "output_dir": "vqkd", "teacher": "musk:musk_tiny_patch16_32", "teacher_pretrained": None,
+        "tokenizer": {"img_size": 64, "embed_dim": 32, "depth": 1, "num_heads": 2, "codebook_size": 32,
+                      "codebook_dim": 8},
+        "data": {**data, "images": corpus["images"]}, "train": train})
+    assert main(["pretrain", "tokenizer", tok]) == 0
+    s1 = _write(tmp_path / "s1.yaml", {
+        "output_dir": "s1", "model": "musk_tiny_patch16_32", "model_config": TINY,
+        "tokenizer": "vqkd/tokenizer.safetensors", "min_mask_block": 2,
+        "data": {**data, "images": corpus["images"], "texts": corpus["texts"]},
+        "train": {**train, "precision": "bf16", "grad_checkpointing": True, "grad_accum": 2}})
+    assert main(["pretrain", "masked", s1]) == 0
+    s2 = _write(tmp_path / "s2.yaml", {
+        "output_dir": "s2", "model": None, "pretrained": "s1/model.safetensors",
+        "decoder_depth": 1, "data": {**data, "pairs": corpus["pairs"]}, "train": train})
+    assert main(["pretrain", "contrastive", s2]) == 0
+    flt = _write(tmp_path / "f.yaml", {
+        "pairs": corpus["pairs_test"], "output": "kept/p-%04d.tar",
+        "pretrained": "s2/model.safetensors", "drop_fraction": 0.5, "max_text_len": 16})
+    assert main(["pretrain", "filter", flt, "--device", "cpu"]) == 0
+    summary = json.loads((tmp_path / "kept" / "filter_summary.json").read_text())
+    assert summary["kept"] == summary["scored"] - summary["dropped"] and summary["dropped"] > 0
+    # stage 1 ran in bf16 with checkpointing and accumulation; the logs hold 3 finite steps
+    for run in ("s1", "s2"):
+        rows = list(csv.DictReader(open(tmp_path / run / "log.csv")))
+        assert [float(r["step"]) for r in rows] == [1, 2, 3]
+        assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
+    m1 = openmusk.create_model(pretrained=str(tmp_path / "s1" / "model.safetensors"))
+    m2 = openmusk.create_model(pretrained=str(tmp_path / "s2" / "model.safetensors"))
+    assert m2.config == m1.config
+    assert not torch.equal(m1.vision_head.weight, m2.vision_head.weight)
+    assert (tmp_path / "s2" / "tb").is_dir() and any((tmp_path / "s2" / "tb").iterdir())

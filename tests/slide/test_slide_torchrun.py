@@ -22,8 +22,8 @@ def test_torchrun_two_ranks_cover_every_slide_once(tmp_path: Path, svs_path: Pat
     out = tmp_path / "features"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "openmusk", "slide", "extract", str(slides), "--out", str(out),
-           "--model", "musk_tiny_patch16_32", "--random-weights", "--num-workers", "0",
-           "--min-tissue", "0.98", "--batch-size", "8", "--no-progress"]
+           "--arch", "musk_tiny_patch16_32", "--weights", "random", "--num-workers", "0",
+           "--min-tissue", "0.98", "--batch-size", "8", "--quiet"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

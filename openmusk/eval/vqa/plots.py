@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from openmusk.core.io import atomic_path
+from openmusk.core.io import save_figure
 
 __all__ = ["plot_history", "plot_accuracies"]
 
@@ -31,9 +31,7 @@ def plot_history(history: list[dict], path: str | os.PathLike) -> Path:
     ax.set_title("VQA fine-tuning")
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path, suffix=path.suffix) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return path
 
 
@@ -63,7 +61,5 @@ def plot_accuracies(runs: dict[str, dict], path: str | os.PathLike) -> Path:
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(runs), frameon=False)
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path, suffix=path.suffix) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
     return path

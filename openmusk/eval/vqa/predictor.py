@@ -1,34 +1,28 @@
 """A fine-tuned VQA model on disk and in use: save/load the folder, ask a question, evaluate a set.
 
 A VQA checkpoint is a folder: ``model.safetensors`` (the MUSK backbone in the released key layout,
-so ``openmusk.create_model(pretrained=...)`` reads it too), ``vqa_head.safetensors`` (pooler and
+so ``openmusk.model.create_model(pretrained=...)`` reads it too), ``vqa_head.safetensors`` (pooler and
 classifier, with the head settings in its metadata) and ``answers.json`` (the answer vocabulary).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
+
 import torch
 from PIL import Image
 
+from openmusk.core.io import write_json
+from openmusk.core.runtime import DEFAULT_DEVICE, DEFAULT_PRECISION, autocast, resolve_device, resolve_precision
 from openmusk.eval.vqa.answers import AnswerVocab, is_closed, normalize_answer
 from openmusk.eval.vqa.data import VQACollate, VQAData, VQADataset
 from openmusk.eval.vqa.evaluate import accuracy_report, write_predictions
 from openmusk.eval.vqa.model import MuskVQA
-from openmusk.core.io import write_json
 
-__all__ = ["save_vqa", "load_vqa", "VQAPredictor", "autocast"]
+__all__ = ["save_vqa", "load_vqa", "VQAPredictor"]
 
 HEAD_FILE, BACKBONE_FILE, ANSWERS_FILE = "vqa_head.safetensors", "model.safetensors", "answers.json"
-
-
-def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on the model's device (CPU or CUDA) when asked, else a no-op."""
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def save_vqa(model: MuskVQA, vocab: AnswerVocab, folder: str | os.PathLike,
@@ -36,14 +30,14 @@ def save_vqa(model: MuskVQA, vocab: AnswerVocab, folder: str | os.PathLike,
     """Write a VQA checkpoint folder (backbone, heads, answer vocabulary), each file atomically."""
     from safetensors.torch import save_file
 
-    import openmusk
     from openmusk.core.io import atomic_path
+    from openmusk.model import save_checkpoint
 
     if len(vocab) != model.num_answers:
         raise ValueError(f"vocabulary has {len(vocab)} answers, the classifier {model.num_answers}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    openmusk.save_checkpoint(model.backbone, folder / BACKBONE_FILE)
+    save_checkpoint(model.backbone, folder / BACKBONE_FILE)
     heads = {k: v.detach().contiguous().cpu() for k, v in model.heads().state_dict().items()}
     meta = {"format": "openmusk-vqa-1", "num_answers": str(model.num_answers),
             "question_only": json.dumps(model.question_only), "max_len": str(max_len)}
@@ -53,14 +47,15 @@ def save_vqa(model: MuskVQA, vocab: AnswerVocab, folder: str | os.PathLike,
     return folder
 
 
-def load_vqa(folder: str | os.PathLike, device: str | torch.device | None = None
+def load_vqa(folder: str | os.PathLike, device: str | torch.device | None = DEFAULT_DEVICE
              ) -> tuple[MuskVQA, AnswerVocab, dict]:
-    """Load a VQA checkpoint folder: (model in eval mode, vocabulary, head metadata)."""
+    """Load a VQA checkpoint folder onto ``device`` (auto: this rank's GPU, else the CPU):
+    (model in eval mode, vocabulary, head metadata)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    import openmusk
     from openmusk.core.io import read_json
+    from openmusk.model import create_model
 
     folder = Path(folder)
     for name in (BACKBONE_FILE, HEAD_FILE, ANSWERS_FILE):
@@ -71,7 +66,7 @@ def load_vqa(folder: str | os.PathLike, device: str | torch.device | None = None
     if meta.get("format") != "openmusk-vqa-1":
         raise ValueError(f"{folder / HEAD_FILE}: not an openmusk VQA head (format {meta.get('format')!r})")
     vocab = AnswerVocab.from_dict(read_json(folder / ANSWERS_FILE))
-    backbone = openmusk.create_model(pretrained=str(folder / BACKBONE_FILE))
+    backbone = create_model(pretrained=str(folder / BACKBONE_FILE))
     model = MuskVQA(backbone, int(meta["num_answers"]), question_only=json.loads(meta["question_only"]))
     if len(vocab) != model.num_answers:
         raise ValueError(f"{folder}: {ANSWERS_FILE} has {len(vocab)} answers, the head "
@@ -79,34 +74,34 @@ def load_vqa(folder: str | os.PathLike, device: str | torch.device | None = None
     missing, unexpected = model.heads().load_state_dict(load_file(str(folder / HEAD_FILE)), strict=False)
     if missing or unexpected:
         raise ValueError(f"{folder / HEAD_FILE}: missing {missing}, unexpected {unexpected}")
-    if device is not None:
-        model = model.to(device)
-    return model.eval(), vocab, {**meta, "max_len": int(meta.get("max_len", 64))}
+    return model.to(resolve_device(device)).eval(), vocab, {**meta, "max_len": int(meta.get("max_len", 64))}
 
 
 class VQAPredictor:
     """Answers questions about images with a fine-tuned model (``ask``) or over a set (``evaluate``)."""
 
     def __init__(self, model: MuskVQA, vocab: AnswerVocab, max_len: int = 64,
-                 bf16: bool = False) -> None:
-        import openmusk
+                 precision: str | None = DEFAULT_PRECISION) -> None:
+        from openmusk.data.transforms import get_transform
+        from openmusk.text import get_tokenizer
 
-        self.model, self.vocab, self.max_len, self.bf16 = model.eval(), vocab, max_len, bf16
-        self.tokenizer = openmusk.get_tokenizer()
-        self.transform = openmusk.get_transform(img_size=model.backbone.config.img_size)
+        self.model, self.vocab, self.max_len = model.eval(), vocab, max_len
+        self.tokenizer = get_tokenizer()
+        self.transform = get_transform(img_size=model.backbone.config.img_size)
         self.device = next(model.parameters()).device
+        self.precision = resolve_precision(precision, self.device)
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device | None = None,
-                        bf16: bool = False) -> "VQAPredictor":
+    def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device | None = DEFAULT_DEVICE,
+                        precision: str | None = DEFAULT_PRECISION) -> "VQAPredictor":
         """Load a checkpoint folder written by ``openmusk vqa train`` / ``save_vqa``."""
         model, vocab, meta = load_vqa(folder, device)
-        return cls(model, vocab, max_len=meta["max_len"], bf16=bf16)
+        return cls(model, vocab, max_len=meta["max_len"], precision=precision)
 
     @torch.no_grad()
     def _probabilities(self, batch: dict) -> torch.Tensor:
         images = batch.get("images")
-        with autocast(self.device, self.bf16):
+        with autocast(self.device, self.precision):
             logits = self.model(images.to(self.device) if images is not None else None,
                                 batch["input_ids"].to(self.device),
                                 batch["padding_mask"].to(self.device))

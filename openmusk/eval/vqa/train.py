@@ -1,4 +1,4 @@
-"""Fine-tune MUSK for VQA: config (YAML <-> dataclass), training loop, resumable epochs.
+"""Fine-tune MUSK for VQA: the run config (read by openmusk.core.config), training loop, resumable epochs.
 
 Loss: softmax cross-entropy over the answer vocabulary. BEiT-3 trains VQAv2 with binary
 cross-entropy on soft scores because VQAv2 has ten human answers per question whose agreement gives
@@ -17,39 +17,53 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
 
+from openmusk.core.config import config_to_dict, path_field
+from openmusk.core.io import read_json, write_json
+from openmusk.core.optim import build_adamw, param_groups, warmup_cosine
+from openmusk.core.runtime import (DEFAULT_DEVICE, DEFAULT_PRECISION, autocast, normalize_precision,
+                                   resolve_device, resolve_precision, seed_everything)
+from openmusk.eval.config import is_weights_file
 from openmusk.eval.vqa.answers import AnswerVocab
 from openmusk.eval.vqa.data import VQACollate, VQAData, VQADataset, canonical_split, open_vqa
 from openmusk.eval.vqa.model import FREEZE_MODES, MuskVQA, set_trainable
 from openmusk.eval.vqa.plots import plot_history
-from openmusk.eval.vqa.predictor import ANSWERS_FILE, VQAPredictor, autocast, save_vqa
-from openmusk.core.io import read_json, write_json
-from openmusk.core.optim import build_adamw, param_groups, warmup_cosine
+from openmusk.eval.vqa.predictor import ANSWERS_FILE, VQAPredictor, save_vqa
 
 __all__ = ["VQATrainConfig", "train_vqa", "build_vqa_model", "build_vqa_optimizer"]
 
 RESUME_DIR = "resume"
 
 
+def _bf16_to_precision(value: object) -> str:
+    """The old ``bf16: true|false`` key as a precision."""
+    return "bf16" if str(value).strip().lower() in ("true", "yes", "on", "1") else "fp32"
+
+
 @dataclass
 class VQATrainConfig:
-    """Everything ``openmusk vqa train`` needs; the YAML file's keys are these fields."""
+    """Everything ``openmusk vqa train`` needs; the YAML file's keys are these fields.
 
-    data: str                              # PathVQA parquet (file/folder) or JSONL/CSV table
-    out_dir: str = "runs/vqa"              # checkpoint folder (model, heads, answers, history)
-    image_root: Optional[str] = None       # base folder of relative image paths in a table
+    Read with ``load_config(VQATrainConfig, "pathvqa.yaml")``: relative ``data``, ``output_dir``,
+    ``image_root`` and local ``weights`` files resolve against the YAML's folder.
+    """
+
+    renamed_keys: ClassVar[dict] = {"out_dir": "output_dir", "bf16": ("precision", _bf16_to_precision)}
+
+    data: str = path_field()               # PathVQA parquet (file/folder) or JSONL/CSV table
+    output_dir: str = path_field("runs/vqa")  # checkpoint folder (model, heads, answers, history)
+    image_root: Optional[str] = path_field(None)  # base folder of relative image paths in a table
     train_split: str = "train"
     val_split: Optional[str] = "validation"  # evaluated after every epoch when present
     model: str = "musk_large_patch16_384"  # a named MUSK config
-    weights: Optional[str] = "hf_hub:xiangjx/musk"  # null: random initialisation
+    weights: Optional[str] = path_field("hf_hub:xiangjx/musk", when=is_weights_file)  # null/random: random init
     img_size: Optional[int] = None         # null: the config's (384); else positions interpolated
     drop_path_rate: float = 0.15
     question_only: bool = False            # the control: same heads, question without image
@@ -67,9 +81,9 @@ class VQATrainConfig:
     min_lr_ratio: float = 0.0
     freeze: str = "full"                   # full | last_k | heads
     last_k: int = 0                        # layers trained when freeze is last_k
-    bf16: bool = False                     # bf16 autocast (CUDA or CPU)
+    precision: str = DEFAULT_PRECISION     # auto (bf16 on a GPU, fp32 on cpu) | fp32 | bf16 | fp16
     grad_checkpointing: bool = False
-    device: str = "auto"                   # auto: cuda when available, else cpu
+    device: str = DEFAULT_DEVICE           # auto: this rank's GPU when there is one, else cpu
     num_workers: int = 2
     seed: int = 0
     progress: bool = True
@@ -80,49 +94,19 @@ class VQATrainConfig:
         for name in ("epochs", "batch_size", "accum_steps", "max_len", "min_answer_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "config") -> "VQATrainConfig":
-        """Build from a mapping, naming unknown keys and the missing required 'data'."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {names}")
-        if "data" not in d:
-            raise ValueError(f"{where}: 'data' (the VQA dataset path) is required")
-        return cls(**d)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "VQATrainConfig":
-        """Load a YAML file whose keys are this dataclass's fields."""
-        import yaml
-
-        with open(path) as f:
-            d = yaml.safe_load(f) or {}
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a mapping of config keys")
-        return cls.from_dict(d, str(path))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        self.precision = normalize_precision(self.precision)
 
 
 def build_vqa_model(config: VQATrainConfig, num_answers: int) -> MuskVQA:
-    """MUSK backbone (pretrained when ``weights`` is set) with fresh VQA heads."""
-    import openmusk
+    """MUSK backbone (pretrained unless ``weights`` is null or ``random``) with fresh VQA heads."""
+    from openmusk.model import create_model, get_config
 
-    musk_config = dataclasses.replace(openmusk.get_config(config.model),
-                                      drop_path_rate=config.drop_path_rate)
+    musk_config = dataclasses.replace(get_config(config.model), drop_path_rate=config.drop_path_rate)
     if config.img_size:
         musk_config = dataclasses.replace(musk_config, img_size=config.img_size)
-    backbone = openmusk.create_model(musk_config, pretrained=config.weights)
+    random_init = config.weights is None or config.weights.startswith("random")
+    backbone = create_model(musk_config, pretrained=None if random_init else config.weights)
     return MuskVQA(backbone, num_answers, question_only=config.question_only)
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def build_vqa_optimizer(model: MuskVQA, config: VQATrainConfig) -> torch.optim.AdamW:
@@ -169,7 +153,7 @@ def _vocab(train: VQAData, config: VQATrainConfig, out: Path) -> AnswerVocab:
         old = AnswerVocab.from_dict(read_json(saved))
         if old.answers != vocab.answers:
             raise ValueError(f"{saved}: answer vocabulary differs from the one this config builds; "
-                             f"use a new out_dir or delete the old run")
+                             f"use a new output_dir or delete the old run")
     write_json(saved, vocab.to_dict())
     return vocab
 
@@ -184,18 +168,20 @@ def _train_mode(model: MuskVQA, config: VQATrainConfig) -> None:
 def train_vqa(config: VQATrainConfig) -> dict:
     """Fine-tune, evaluate on the validation split each epoch, save the checkpoint folder.
 
-    Resumes from ``out_dir/resume`` after the last finished epoch. Rows whose image cannot be read
-    are skipped and listed under "skipped" in the run summary, which is returned and written to
-    ``out_dir/history.json`` (curves in ``history.png``).
+    Resumes from ``output_dir/resume`` after the last finished epoch. Rows whose image cannot be
+    read are skipped and listed under "skipped" in the run summary, which is returned and written
+    to ``output_dir/history.json`` (curves in ``history.png``).
     """
     from tqdm.auto import tqdm
 
-    import openmusk
+    from openmusk.data.transforms import get_transform
+    from openmusk.text import get_tokenizer
 
-    torch.manual_seed(config.seed)
-    out = Path(config.out_dir)
+    seed_everything(config.seed)
+    out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = _device(config.device)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
     data = open_vqa(config.data, image_root=config.image_root)
     train = data.split(config.train_split)
     val = None
@@ -213,8 +199,8 @@ def train_vqa(config: VQATrainConfig) -> dict:
     trainable = set_trainable(model, config.freeze, config.last_k)
     model.backbone.set_grad_checkpointing(config.grad_checkpointing)
     opt = build_vqa_optimizer(model, config)
-    tokenizer = openmusk.get_tokenizer()
-    transform = openmusk.get_transform(img_size=model.backbone.config.img_size)
+    tokenizer = get_tokenizer()
+    transform = get_transform(img_size=model.backbone.config.img_size)
     ds = VQADataset(train, transform, vocab, load_images=not config.question_only)
     collate = VQACollate(tokenizer, config.max_len)
     batches = math.ceil(len(ds) / config.batch_size)
@@ -224,7 +210,8 @@ def train_vqa(config: VQATrainConfig) -> dict:
     start_epoch, history = 0, []
     if (out / RESUME_DIR / "state.json").exists():
         start_epoch, history = _load_resume(out / RESUME_DIR, model, opt, sched)
-    write_json(out / "train_config.json", config.to_dict())
+    write_json(out / "train_config.json", config_to_dict(config))
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 needs loss scaling
     skipped: dict[str, str] = {}
 
     for epoch in range(start_epoch, config.epochs):
@@ -238,23 +225,24 @@ def train_vqa(config: VQATrainConfig) -> dict:
             skipped.update({train.question_ids[j]: msg for j, msg in batch["errors"]})
             if len(batch["target"]):
                 images = batch.get("images")
-                with autocast(device, config.bf16):
+                with autocast(device, precision):
                     logits = model(images.to(device) if images is not None else None,
                                    batch["input_ids"].to(device), batch["padding_mask"].to(device))
                 loss = F.cross_entropy(logits.float(), batch["target"].to(device))
-                (loss / config.accum_steps).backward()
+                scaler.scale(loss / config.accum_steps).backward()
                 losses.append(loss.item())
                 seen += len(batch["target"])
                 bar.set_postfix(loss=f"{loss.item():.3f}")
             if (i + 1) % config.accum_steps == 0 or i + 1 == len(loader):
-                opt.step()
+                scaler.step(opt)
+                scaler.update()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
         record = {"epoch": epoch + 1, "train_loss": sum(losses) / max(1, len(losses)),
                   "train_samples_per_s": seen / (time.perf_counter() - t0),
                   "lr": opt.param_groups[-1]["lr"]}
         if val is not None:
-            predictor = VQAPredictor(model, vocab, config.max_len, bf16=config.bf16)
+            predictor = VQAPredictor(model, vocab, config.max_len, precision=precision)
             rows, _ = predictor.predict(val, batch_size=config.batch_size,
                                         num_workers=config.num_workers, progress=False)
             record["val_accuracy"] = sum(r["correct"] for r in rows) / max(1, len(rows))
@@ -265,7 +253,7 @@ def train_vqa(config: VQATrainConfig) -> dict:
     save_vqa(model.eval(), vocab, out, config.max_len)
     summary = {"history": history, "answers": len(vocab), "train_questions": len(train),
                "train_dropped_out_of_vocab": dropped, "trainable_parameters": trainable,
-               "skipped": skipped, "device": str(device)}
+               "skipped": skipped, "device": str(device), "precision": precision}
     write_json(out / "history.json", summary)
     if history:
         plot_history(history, out / "history.png")

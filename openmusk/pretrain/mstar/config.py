@@ -1,32 +1,47 @@
-"""Configs of the two mSTAR stages: dataclasses whose fields are the YAML keys, one to one."""
+"""Configs of the two mSTAR stages: dataclasses whose fields are the YAML keys, one to one.
+
+Read them with the one config loader, :func:`openmusk.core.config.load_config`; relative paths
+in the file resolve against its folder. Old spellings are accepted with a notice: ``out_dir`` is
+now ``output_dir``, ``musk_model`` is ``arch``, ``amp: true|false`` is ``precision: bf16|fp32``.
+"""
 from __future__ import annotations
 
-import dataclasses
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, Literal
 
-__all__ = ["AggregatorPretrainConfig", "SelfTaughtConfig", "load_config"]
+from openmusk.core.config import path_field
+from openmusk.core.runtime import normalize_precision
 
-C = TypeVar("C")
+__all__ = ["AggregatorPretrainConfig", "SelfTaughtConfig"]
+
+
+def _amp_to_precision(value: object) -> str:
+    """The old ``amp`` switch as a precision: true -> bf16, false -> fp32."""
+    if isinstance(value, str):
+        value = value.strip().lower() in ("true", "yes", "on", "1")
+    return "bf16" if value else "fp32"
+
+
+_RENAMED = {"out_dir": "output_dir", "musk_model": "arch", "amp": ("precision", _amp_to_precision)}
 
 
 @dataclass
 class AggregatorPretrainConfig:
     """Stage 1: slide aggregator aligned with reports and RNA-seq by tri-modal CLIP losses."""
 
-    table: str                      # patient CSV: case_id, features, report[, split]
-    out_dir: str                    # where the aggregator, projections and logs go
-    rna_table: str = ""             # CSV: case_id, one column per gene ("" = no RNA modality)
-    aggregator: str = "transmil"    # "transmil" (mSTAR) or "abmil"
+    renamed_keys: ClassVar[dict] = _RENAMED
+
+    table: str = path_field()       # patient CSV: case_id, features, report[, split]
+    output_dir: str = path_field("mstar_stage1")  # where the aggregator, projections and logs go
+    rna_table: str = path_field("")  # CSV: case_id, one column per gene ("" = no RNA modality)
+    aggregator: Literal["transmil", "abmil", "meanpool"] = "transmil"  # "transmil" is mSTAR's
     hidden_dim: int = 512           # aggregator width (= slide embedding before projection)
     embed_dim: int = 256            # shared slide / report / RNA space
-    musk_model: str = "musk_large_patch16_384"  # architecture of the report encoder
-    weights: str = "hf_hub:xiangjx/musk"        # its weights ("" = random, for tests)
-    text_mode: str = "frozen"       # "frozen": cached report embeddings; "tuned": MUSK's language side trains
+    arch: str = "musk_large_patch16_384"         # architecture of the report encoder (MUSK)
+    weights: str = path_field("hf_hub:xiangjx/musk")  # its weights ("" or "random" = random init, for tests)
+    text_mode: Literal["frozen", "tuned"] = "frozen"  # frozen: cached report embeddings; tuned: MUSK's language side trains
     text_lr: float = 1e-5           # learning rate of MUSK's language side when tuned
-    report_max_len: int = 100       # tokens per report chunk (long reports are averaged over chunks)
+    report_max_len: int = 100       # tokens per report window (long reports: openmusk.text.report_embeddings)
     n_genes: int = 2000             # most variable genes kept after log1p
     rna_hidden: list[int] = field(default_factory=lambda: [256, 256])
     max_patches: int = 4096         # random patches per slide per step (memory bound); 0 = all
@@ -37,20 +52,28 @@ class AggregatorPretrainConfig:
     warmup_epochs: int = 2
     val_fraction: float = 0.2       # patients without a split column held out for retrieval checks
     seed: int = 0
-    device: str = "cpu"
-    amp: bool = False               # bfloat16 autocast (CUDA or CPU)
-    resume: bool = True             # continue from out_dir/resume.pt when present
+    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    precision: str = "auto"         # auto | fp32 | bf16 | fp16 autocast (auto: bf16 on GPU, fp32 on CPU)
+    resume: bool = True             # continue from output_dir/resume.pt when present
+
+    def __post_init__(self) -> None:
+        """One spelling of the precision; a choice typo fails before any training."""
+        self.precision = normalize_precision(self.precision)
+        if self.text_mode not in ("frozen", "tuned"):
+            raise ValueError(f"text_mode must be 'frozen' or 'tuned', got {self.text_mode!r}")
 
 
 @dataclass
 class SelfTaughtConfig:
     """Stage 2: the patch encoder learns to reproduce the frozen aggregator's re-embedded patch tokens."""
 
-    stage1_dir: str                 # output of stage 1
-    table: str                      # CSV: case_id, slide (WSI or image file), features (HDF5 with coords)
-    out_dir: str
-    musk_model: str = "musk_large_patch16_384"  # patch encoder architecture
-    weights: str = "hf_hub:xiangjx/musk"        # its starting weights ("" = random, for tests)
+    renamed_keys: ClassVar[dict] = _RENAMED
+
+    stage1_dir: str = path_field()  # output of stage 1
+    table: str = path_field()       # CSV: case_id, slide (WSI or image file), features (HDF5 with coords)
+    output_dir: str = path_field("mstar_stage2")
+    arch: str = "musk_large_patch16_384"         # patch encoder architecture (MUSK)
+    weights: str = path_field("hf_hub:xiangjx/musk")  # its starting weights ("" or "random" = random, for tests)
     multiscale: bool = True         # patch features = MUSK multiscale (2D), as `openmusk slide extract` writes
     img_size: int = 384             # encoder input size (tiles are resized to it)
     patches_per_slide: int = 16     # tiles sampled per slide per step (memory bound)
@@ -61,39 +84,15 @@ class SelfTaughtConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 50
     ema_momentum: float = 0.996     # EMA teacher: teacher = m * teacher + (1 - m) * student
-    loss: str = "cosine"            # "cosine" or "smooth_l1" between student and aggregator tokens
+    loss: Literal["cosine", "smooth_l1"] = "cosine"  # distance between student and aggregator tokens
     grad_checkpointing: bool = True
     seed: int = 0
-    device: str = "cpu"
-    amp: bool = False
+    device: str = "auto"            # auto | cpu | cuda | cuda:N
+    precision: str = "auto"         # auto | fp32 | bf16 | fp16 autocast
     log_every: int = 10
     save_every: int = 200           # steps between resumable checkpoints
     resume: bool = True
 
-
-def load_config(cls: type[C], path: str | os.PathLike, **overrides) -> C:
-    """Read YAML into ``cls`` (paths relative to the file); unknown or missing keys are errors naming the file and key."""
-    import yaml
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: cannot read config ({e})") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
-    base = path.parent
-    for key in ("table", "rna_table", "out_dir", "stage1_dir"):  # paths in the file are relative to it
-        if data.get(key) and not os.path.isabs(str(data[key])):
-            data[key] = str(base / str(data[key]))
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown} for {cls.__name__}; valid keys: {sorted(names)}")
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    missing = [k for k in required if k not in data]
-    if missing:
-        raise ValueError(f"{path}: missing required key(s) {missing} for {cls.__name__}")
-    return cls(**data)
+    def __post_init__(self) -> None:
+        """One spelling of the precision."""
+        self.precision = normalize_precision(self.precision)

@@ -2,8 +2,10 @@
 
 ``MstarModel`` owns the trainable parts (an ``openmusk.mil`` aggregator, the slide / report
 projections, the RNA encoder, the temperature); ``ReportEncoder`` runs reports through MUSK's
-language side; ``aggregator_tokens`` gives the aggregator's per-patch output tokens, the targets
-of stage 2. ``MstarPretrained`` reloads everything stage 1 wrote.
+language side by the one long-text embedding (:func:`openmusk.text.report_embeddings`), so a
+report gets the vector ``openmusk.mil`` and ``openmusk embed texts`` give it; ``aggregator_tokens``
+gives the aggregator's per-patch output tokens (its ``tokens`` method), the targets of stage 2.
+``MstarPretrained`` reloads everything stage 1 wrote.
 """
 from __future__ import annotations
 
@@ -19,14 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openmusk.mil.models import ABMIL, MeanPool, TransMIL, build_aggregator
+from openmusk.mil.models import build_aggregator
 from openmusk.pretrain.mstar.rna import RnaEncoder, RnaPreprocessor
 
 __all__ = ["MstarArch", "MstarModel", "ReportEncoder", "aggregator_tokens", "MstarPretrained",
-           "STAGE1_WEIGHTS", "AGGREGATOR_WEIGHTS"]
+           "STAGE1_WEIGHTS", "AGGREGATOR_WEIGHTS",
+           "REPORT_ENCODER_WEIGHTS"]
 
 STAGE1_WEIGHTS = "mstar_stage1.safetensors"
 AGGREGATOR_WEIGHTS = "aggregator.safetensors"
+REPORT_ENCODER_WEIGHTS = "report_encoder.safetensors"
 
 
 @dataclass
@@ -71,7 +75,8 @@ class MstarModel(nn.Module):
 
 
 class ReportEncoder(nn.Module):
-    """MUSK's language side on reports: head embedding of each 100-token chunk, averaged per report."""
+    """MUSK's language side on reports: :func:`openmusk.text.report_embeddings` (windows of
+    ``max_len`` tokens, piece-weighted mean, L2-normalised), differentiable when MUSK is tuned."""
 
     def __init__(self, musk: nn.Module, tokenizer, max_len: int = 100):
         super().__init__()
@@ -84,55 +89,17 @@ class ReportEncoder(nn.Module):
 
     def forward(self, texts: Sequence[str]) -> torch.Tensor:
         """(B,) texts -> (B, D); an empty text is an error (a missing report is not a report)."""
-        ids, pads, owner = [], [], []
-        for i, text in enumerate(texts):
-            if not text.strip():
-                raise ValueError(f"report {i} is empty; mark the report missing instead")
-            a, b = self.tokenizer.encode_chunks(text, max_len=self.max_len)
-            ids.append(a)
-            pads.append(b)
-            owner += [i] * len(a)
-        device = next(self.musk.parameters()).device
-        emb = self.musk.encode_text(torch.cat(ids).to(device), torch.cat(pads).to(device), head=True, normalize=True)
-        owner_t = torch.tensor(owner, device=device)
-        out = torch.zeros(len(texts), emb.shape[1], device=device, dtype=emb.dtype).index_add(0, owner_t, emb)
-        return out / torch.bincount(owner_t, minlength=len(texts)).unsqueeze(1).to(emb.dtype)
+        from openmusk.text.report import report_embeddings
 
-    @torch.no_grad()
-    def embed_all(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
-        """Embeddings of many reports in batches, without gradients (the frozen-text cache)."""
-        from tqdm.auto import tqdm
-
-        out = []
-        for s in tqdm(range(0, len(texts), batch_size), desc="report embeddings", disable=not progress):
-            out.append(self(texts[s:s + batch_size]).float().cpu())
-        return torch.cat(out) if out else torch.zeros(0, self.dim)
+        return report_embeddings(self.musk, self.tokenizer, list(texts), max_len=self.max_len)
 
 
 def aggregator_tokens(aggregator: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """The aggregator's output token of every patch of one bag (N, D) -> (N, hidden).
-
-    TransMIL: the final-normed tokens after both Nystrom layers and PPEG (each patch sees the whole
-    bag); ABMIL / mean pooling: the instance embeddings that the attention pools.
-    """
-    x = features.unsqueeze(0) if features.ndim == 2 else features
-    if x.ndim != 3 or x.shape[0] != 1:
-        raise ValueError(f"aggregator_tokens takes one bag (N, D), got {tuple(features.shape)}")
-    if isinstance(aggregator, TransMIL):
-        n = x.shape[1]
-        h = aggregator.fc(x)
-        side = math.ceil(math.sqrt(n))
-        extra = side * side - n
-        if extra:
-            h = torch.cat([h, h[:, :extra].repeat(1, math.ceil(extra / n), 1)[:, :extra]], dim=1)
-        h = torch.cat([aggregator.cls_token.expand(1, -1, -1).to(h.dtype), h], dim=1)
-        h, _ = aggregator.layer1(h)
-        h = aggregator.pos(h, side)
-        h, _ = aggregator.layer2(h)
-        return aggregator.norm(h)[0, 1:n + 1]
-    if isinstance(aggregator, (ABMIL, MeanPool)):
-        return aggregator.fc(x)[0]
-    raise TypeError(f"no per-patch tokens defined for {type(aggregator).__name__}")
+    """The aggregator's output token of every patch of one bag, (N, D) -> (N, hidden): its
+    ``tokens`` method (TransMIL: contextual tokens; ABMIL / mean pooling: instance embeddings)."""
+    if not hasattr(aggregator, "tokens"):
+        raise TypeError(f"{type(aggregator).__name__} has no tokens() method: no per-patch targets for stage 2")
+    return aggregator.tokens(features)
 
 
 def save_stage1(model: MstarModel, path: str | os.PathLike) -> None:
@@ -164,14 +131,21 @@ def load_stage1(path: str | os.PathLike) -> MstarModel:
 
 
 class MstarPretrained:
-    """Everything stage 1 wrote to ``out_dir``: the model, the RNA preprocessing and the report encoder."""
+    """Everything stage 1 wrote to ``output_dir``: the model, its config, the RNA preprocessing and the
+    report encoder."""
 
-    def __init__(self, out_dir: str | os.PathLike, device: str = "cpu"):
-        self.out_dir = Path(out_dir)
-        self.device = device
-        self.model = load_stage1(self.out_dir / STAGE1_WEIGHTS).to(device)
-        self.config = json.loads((self.out_dir / "config.json").read_text())
-        rna = self.out_dir / "rna_preprocessor.json"
+    def __init__(self, output_dir: str | os.PathLike, device: str | torch.device | None = "auto"):
+        from openmusk.core.config import config_from_dict
+        from openmusk.core.io import read_json
+        from openmusk.core.runtime import resolve_device
+        from openmusk.pretrain.mstar.config import AggregatorPretrainConfig
+
+        self.output_dir = Path(output_dir)
+        self.device = resolve_device(device)
+        self.model = load_stage1(self.output_dir / STAGE1_WEIGHTS).to(self.device)
+        config_file = self.output_dir / "config.json"
+        self.config = config_from_dict(AggregatorPretrainConfig, read_json(config_file), where=str(config_file))
+        rna = self.output_dir / "rna_preprocessor.json"
         self.rna = RnaPreprocessor.load(rna) if rna.is_file() else None
         self._reports: ReportEncoder | None = None
 
@@ -179,15 +153,13 @@ class MstarPretrained:
     def report_encoder(self) -> ReportEncoder:
         """MUSK's language side as stage 1 used it (its saved copy when tuned or random); built on first use."""
         if self._reports is None:
-            import openmusk
+            from openmusk.model import create_model
+            from openmusk.text import get_tokenizer
 
-            tuned = self.out_dir / "report_encoder.safetensors"
-            if tuned.is_file():
-                musk = openmusk.create_model(pretrained=str(tuned))
-            else:
-                musk = openmusk.create_model(self.config["musk_model"], pretrained=self.config["weights"] or None)
-            self._reports = ReportEncoder(musk.to(self.device).eval(), openmusk.get_tokenizer(),
-                                          self.config["report_max_len"])
+            kept = self.output_dir / REPORT_ENCODER_WEIGHTS
+            musk = (create_model(pretrained=str(kept)) if kept.is_file()
+                    else create_model(self.config.arch, pretrained=self.config.weights or "random"))
+            self._reports = ReportEncoder(musk.to(self.device).eval(), get_tokenizer(), self.config.report_max_len)
         return self._reports
 
     @torch.no_grad()
@@ -209,4 +181,5 @@ class MstarPretrained:
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """Shared-space embeddings (T, embed_dim) of reports or prompts."""
-        return self.model.encode_report(self.report_encoder.embed_all(list(texts)).to(self.device)).cpu()
+        self.report_encoder.eval()
+        return self.model.encode_report(self.report_encoder(list(texts)).float()).cpu()

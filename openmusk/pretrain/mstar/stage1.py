@@ -8,100 +8,98 @@ held-out patients is logged; at the end the model, the aggregator alone (for
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from openmusk.core.io import atomic_path, write_json
-from openmusk.pretrain.mstar.cohort import Cohort, PatientRecord, load_cohort, read_bag, read_rna_table
+from openmusk.core.io import save_figure, write_json
+from openmusk.mil.cohort import BagDataset, PatientRecord, collate_bags
+from openmusk.pretrain.mstar.cohort import read_pretrain_cohort, read_rna_table
 from openmusk.pretrain.mstar.config import AggregatorPretrainConfig
 from openmusk.pretrain.mstar.loss import TriModalClipLoss
-from openmusk.pretrain.mstar.model import (AGGREGATOR_WEIGHTS, STAGE1_WEIGHTS, MstarArch, MstarModel,
-                                           ReportEncoder, save_stage1)
+from openmusk.pretrain.mstar.model import (AGGREGATOR_WEIGHTS, REPORT_ENCODER_WEIGHTS, STAGE1_WEIGHTS, MstarArch,
+                                           MstarModel, ReportEncoder, save_stage1)
 from openmusk.pretrain.mstar.rna import RnaPreprocessor
 
-__all__ = ["pretrain_aggregator", "embed_patients", "cross_modal_retrieval", "pad_bags", "MODALITIES"]
+__all__ = ["pretrain_aggregator", "embed_patients", "retrieval_between_modalities", "MODALITIES"]
 
 MODALITIES = ("slide", "report", "rna")
 
 
-def pad_bags(bags: Sequence[np.ndarray], device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """List of (n_i, D) arrays -> padded (B, max n, D) tensor and (B, max n) bool mask (True = real)."""
-    n = max(len(b) for b in bags)
-    x = torch.zeros(len(bags), n, bags[0].shape[1])
-    mask = torch.zeros(len(bags), n, dtype=torch.bool)
-    for i, b in enumerate(bags):
-        x[i, :len(b)] = torch.from_numpy(b)
-        mask[i, :len(b)] = True
-    return x.to(device), mask.to(device)
-
-
-def _attach_rna(cohort: Cohort, rna_table: str, n_genes: int) -> RnaPreprocessor | None:
+def _attach_rna(patients: Sequence[PatientRecord], rna_table: str, n_genes: int) -> RnaPreprocessor | None:
     """Fit the RNA preprocessing on training patients and store each patient's processed profile."""
     if not rna_table:
         return None
     cases, genes, counts = read_rna_table(rna_table)
     row = {c: i for i, c in enumerate(cases)}
-    train = [row[p.case_id] for p in cohort.split("train") if p.case_id in row]
+    train = [row[p.patient_id] for p in patients if p.split == "train" and p.patient_id in row]
     if len(train) < 2:
         raise ValueError(f"{rna_table}: fewer than two training patients have RNA-seq")
     prep = RnaPreprocessor(n_genes=n_genes).fit(counts[train], genes)
     processed = prep.transform(counts, genes)
-    for p in cohort.patients:
-        if p.case_id in row:
-            p.rna = processed[row[p.case_id]]
+    for p in patients:
+        if p.patient_id in row:
+            p.rna = processed[row[p.patient_id]]
     return prep
 
 
 def _present(patients: Sequence[PatientRecord]) -> dict[str, np.ndarray]:
     """Which modality each patient has."""
-    return {"slide": np.array([bool(p.feature_paths) for p in patients]),
+    return {"slide": np.array([bool(p.feature_files) for p in patients]),
             "report": np.array([bool(p.report) for p in patients]),
             "rna": np.array([p.rna is not None for p in patients])}
 
 
+def _slide_batch(patients: Sequence[PatientRecord], max_patches: int, rng: np.random.Generator,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded patch features (B, N, D) and mask of the patients' bags, at most ``max_patches`` rows
+    each (0 = all), read and padded by ``openmusk.mil``'s dataset and collate."""
+    bags = BagDataset(patients, max_instances=max_patches or None, seed=rng)
+    batch = collate_bags([bags[i] for i in range(len(bags))])
+    return batch["features"].to(device), batch["mask"].to(device)
+
+
 def _forward(model: MstarModel, patients: Sequence[PatientRecord], reports: torch.Tensor | ReportEncoder,
              report_index: dict[str, int], max_patches: int, rng: np.random.Generator,
-             device: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+             device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Embeddings of every modality for a batch (zeros where absent) and the presence masks."""
     present = {k: torch.from_numpy(v).to(device) for k, v in _present(patients).items()}
     b = len(patients)
     emb: dict[str, torch.Tensor] = {}
-    dim = model.arch.embed_dim
+
+    def scatter(name: str, idx: list[int], out: torch.Tensor) -> None:
+        emb[name] = torch.zeros(b, out.shape[1], device=device, dtype=out.dtype).index_copy(
+            0, torch.tensor(idx, device=device), out)
+
     idx = present["slide"].nonzero().flatten().tolist()
     if idx:
-        x, mask = pad_bags([read_bag(patients[i].feature_paths, max_patches, rng)[0] for i in idx], device)
-        out = model.encode_slide(x, mask)
-        emb["slide"] = torch.zeros(b, dim, device=device, dtype=out.dtype).index_copy(
-            0, torch.tensor(idx, device=device), out)
+        scatter("slide", idx, model.encode_slide(*_slide_batch([patients[i] for i in idx], max_patches, rng, device)))
     idx = present["report"].nonzero().flatten().tolist()
     if idx:
         if isinstance(reports, ReportEncoder):
             text = reports([patients[i].report for i in idx])
         else:
-            text = reports[[report_index[patients[i].case_id] for i in idx]].to(device)
-        out = model.encode_report(text)
-        emb["report"] = torch.zeros(b, dim, device=device, dtype=out.dtype).index_copy(
-            0, torch.tensor(idx, device=device), out)
+            text = reports[[report_index[patients[i].patient_id] for i in idx]].to(device)
+        scatter("report", idx, model.encode_report(text))
     idx = present["rna"].nonzero().flatten().tolist()
     if idx and model.rna_encoder is not None:
-        out = model.encode_rna(torch.from_numpy(np.stack([patients[i].rna for i in idx])).to(device))
-        emb["rna"] = torch.zeros(b, dim, device=device, dtype=out.dtype).index_copy(
-            0, torch.tensor(idx, device=device), out)
+        scatter("rna", idx, model.encode_rna(torch.from_numpy(np.stack([patients[i].rna for i in idx])).to(device)))
     return emb, {k: present[k] for k in emb}
 
 
 @torch.no_grad()
 def embed_patients(model: MstarModel, patients: Sequence[PatientRecord], reports: torch.Tensor | ReportEncoder,
                    report_index: dict[str, int], max_patches: int = 0, batch_size: int = 16,
-                   device: str = "cpu", seed: int = 0) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+                   device: str | torch.device = "cpu", seed: int = 0
+                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Shared-space embeddings of every modality of ``patients`` and presence masks (eval mode)."""
+    from openmusk.core.runtime import resolve_device
+
+    device = resolve_device(device)
     model.eval()
     rng = np.random.default_rng(seed)
     embs: dict[str, list] = {}
@@ -115,8 +113,8 @@ def embed_patients(model: MstarModel, patients: Sequence[PatientRecord], reports
     return ({m: np.concatenate(v) for m, v in embs.items()}, {m: np.concatenate(v) for m, v in pres.items()})
 
 
-def cross_modal_retrieval(emb: dict[str, np.ndarray], present: dict[str, np.ndarray],
-                          ks: Sequence[int] = (1, 5, 10)) -> dict[str, dict[str, float]]:
+def retrieval_between_modalities(emb: dict[str, np.ndarray], present: dict[str, np.ndarray],
+                                 ks: Sequence[int] = (1, 5, 10)) -> dict[str, dict[str, float]]:
     """Recall@k of finding the same patient in the other modality, both directions, per modality pair.
 
     Only patients with both modalities take part; ``chance@k`` is k / n for comparison.
@@ -138,28 +136,19 @@ def cross_modal_retrieval(emb: dict[str, np.ndarray], present: dict[str, np.ndar
     return out
 
 
-def _report_cache(cfg: AggregatorPretrainConfig, encoder: ReportEncoder, patients: Sequence[PatientRecord],
-                  out_dir: Path, progress: bool = True) -> tuple[torch.Tensor, dict[str, int]]:
-    """Frozen report embeddings for every patient with a report, cached on disk keyed by the texts."""
-    import hashlib
-
-    from safetensors.torch import load_file, save_file
+def _frozen_reports(cfg: AggregatorPretrainConfig, encoder: ReportEncoder, patients: Sequence[PatientRecord],
+                    out_dir: Path, progress: bool = True) -> tuple[torch.Tensor, dict[str, int]]:
+    """Report embeddings of every patient with a report, by :func:`openmusk.text.embed_reports`
+    (the vectors mil gives the same reports), cached in ``out_dir/report_embeddings.h5``."""
+    from openmusk.text.report import embed_reports
 
     with_report = [p for p in patients if p.report]
-    key = hashlib.sha256(("\x00".join(f"{p.case_id}\x01{p.report}" for p in with_report)
-                          + f"|{cfg.musk_model}|{cfg.weights}|{cfg.report_max_len}").encode()).hexdigest()
-    path = out_dir / "report_embeddings.safetensors"
-    index = {p.case_id: i for i, p in enumerate(with_report)}
-    if path.is_file():
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
-            if (f.metadata() or {}).get("key") == key:
-                return load_file(str(path))["embeddings"], index
-    emb = encoder.embed_all([p.report for p in with_report], progress=progress)
-    with atomic_path(path, suffix=".safetensors.tmp") as tmp:
-        save_file({"embeddings": emb.contiguous()}, str(tmp), metadata={"key": key})
-    return emb, index
+    if not with_report:
+        return torch.zeros(0, encoder.dim), {}
+    emb = embed_reports([p.report for p in with_report], encoder.musk, encoder.tokenizer,
+                        cache=out_dir / "report_embeddings.h5", model_name=f"{cfg.arch}-max_len{cfg.report_max_len}",
+                        progress=progress, max_len=cfg.report_max_len)
+    return torch.from_numpy(emb), {p.patient_id: i for i, p in enumerate(with_report)}
 
 
 def _plot(history: list[dict], path: Path) -> None:
@@ -179,67 +168,67 @@ def _plot(history: list[dict], path: Path) -> None:
     if ax[1].lines:
         ax[1].legend(fontsize=7)
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def pretrain_aggregator(cfg: AggregatorPretrainConfig, progress: bool = True) -> dict:
-    """Run stage 1 as configured; returns the final metrics (also written to ``out_dir/metrics.json``)."""
-    import openmusk
+    """Run stage 1 as configured; returns the final metrics (also written to ``output_dir/metrics.json``)."""
     from tqdm.auto import tqdm
 
+    from openmusk.core.config import config_to_dict
+    from openmusk.core.optim import param_groups
+    from openmusk.core.runtime import autocast, resolve_device
     from openmusk.mil.models import save_aggregator
-    from openmusk.core.optim import build_adamw, param_groups, warmup_cosine
+    from openmusk.mil.trainer import Optimization, load_resume, save_resume
+    from openmusk.model import create_model, save_checkpoint
+    from openmusk.text import get_tokenizer
 
-    if cfg.text_mode not in ("frozen", "tuned"):
-        raise ValueError(f"text_mode must be 'frozen' or 'tuned', got {cfg.text_mode!r}")
-    out = Path(cfg.out_dir)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    cohort = load_cohort(cfg.table, cfg.val_fraction, cfg.seed)
-    prep = _attach_rna(cohort, cfg.rna_table, cfg.n_genes)
-    kept = out / "report_encoder.safetensors"
-    if not cfg.weights and cfg.resume and kept.is_file():  # resuming with the random encoder saved before
-        musk = openmusk.create_model(pretrained=str(kept), device=cfg.device)
+    patients, feature_dim, problems = read_pretrain_cohort(cfg.table, cfg.val_fraction, cfg.seed)
+    prep = _attach_rna(patients, cfg.rna_table, cfg.n_genes)
+    kept = out / REPORT_ENCODER_WEIGHTS
+    random_text = not cfg.weights or cfg.weights.startswith("random")
+    if random_text and cfg.resume and kept.is_file():  # resuming with the random encoder saved before
+        musk = create_model(pretrained=str(kept), device=device)
     else:
-        musk = openmusk.create_model(cfg.musk_model, pretrained=cfg.weights or None, device=cfg.device)
-        if not cfg.weights:  # a random report encoder must be kept: zero-shot needs the very same one
-            openmusk.save_checkpoint(musk, kept)
-    encoder = ReportEncoder(musk, openmusk.get_tokenizer(), cfg.report_max_len)
-    arch = MstarArch(cfg.aggregator, cohort.feature_dim, cfg.hidden_dim, cfg.embed_dim, encoder.dim,
+        musk = create_model(cfg.arch, pretrained=cfg.weights or "random", device=device)
+        if random_text:  # a random report encoder must be kept: zero-shot needs the very same one
+            save_checkpoint(musk, kept)
+    encoder = ReportEncoder(musk, get_tokenizer(), cfg.report_max_len)
+    arch = MstarArch(cfg.aggregator, feature_dim, cfg.hidden_dim, cfg.embed_dim, encoder.dim,
                      len(prep.genes) if prep else 0, list(cfg.rna_hidden))
-    model = MstarModel(arch).to(cfg.device)
+    model = MstarModel(arch).to(device)
     if cfg.text_mode == "frozen":
-        reports, report_index = _report_cache(cfg, encoder, cohort.patients, out, progress)
+        reports, report_index = _frozen_reports(cfg, encoder, patients, out, progress)
         del musk, encoder
         encoder = None
     else:
         reports, report_index = encoder, {}
-    train = [p for p in cohort.split("train") if sum(int(v[0]) for v in _present([p]).values()) >= 2]
-    held_out = [p for p in cohort.patients if p.split != "train"]
+    train = [p for p in patients if p.split == "train" and sum(int(v[0]) for v in _present([p]).values()) >= 2]
+    held_out = [p for p in patients if p.split != "train"]
     if len(train) < 2:
         raise ValueError(f"{cfg.table}: fewer than two training patients with two or more modalities")
     groups = param_groups(model, weight_decay=cfg.weight_decay)
     if encoder is not None:
         encoder.musk.train()
         groups += [dict(g, lr_scale=cfg.text_lr / cfg.lr) for g in param_groups(encoder.musk, cfg.weight_decay)]
-    opt = build_adamw(groups, cfg.lr)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
-    sched = warmup_cosine(opt, cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)
+    opt = Optimization(groups, cfg.lr, cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch,
+                       betas=(0.9, 0.95), clip_norm=1.0, precision=cfg.precision, device=device)
     loss_fn = TriModalClipLoss()
     history: list[dict] = []
     start = 0
     resume_path = out / "resume.pt"
-    if cfg.resume and resume_path.is_file():
-        state = torch.load(resume_path, map_location=cfg.device, weights_only=True)
+    state = load_resume(resume_path, device) if cfg.resume else None
+    if state is not None:
         model.load_state_dict(state["model"])
         if encoder is not None:
             encoder.musk.load_state_dict(state["text_model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        opt.load_state_dict(state)
         start, history = int(state["epoch"]), list(state["history"])
-    amp = torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16) if cfg.amp else nullcontext()
     for epoch in range(start, cfg.epochs):
         model.train()
         rng = np.random.default_rng([cfg.seed, epoch])
@@ -248,38 +237,32 @@ def pretrain_aggregator(cfg: AggregatorPretrainConfig, progress: bool = True) ->
         bar = tqdm(range(steps_per_epoch), desc=f"stage 1 epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
         for step in bar:
             batch = [train[i] for i in order[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
-            with amp:
-                emb, pres = _forward(model, batch, reports, report_index, cfg.max_patches, rng, cfg.device)
+            with autocast(device, cfg.precision):
+                emb, pres = _forward(model, batch, reports, report_index, cfg.max_patches, rng, device)
                 loss, parts = loss_fn({k: v.float() for k, v in emb.items()}, pres, model.logit_scale)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
-            opt.step()
-            sched.step()
+            opt.step(loss)
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.time() - t0}
         if held_out:
-            e, p = embed_patients(model, held_out, reports, report_index, cfg.max_patches, device=cfg.device)
-            record["retrieval"] = cross_modal_retrieval(e, p)
+            e, p = embed_patients(model, held_out, reports, report_index, cfg.max_patches, device=device)
+            record["retrieval"] = retrieval_between_modalities(e, p)
         history.append(record)
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "epoch": epoch + 1, "history": history}
+        state = {"model": model.state_dict(), **opt.state_dict(), "epoch": epoch + 1, "history": history}
         if encoder is not None:
             state["text_model"] = encoder.musk.state_dict()
-        with atomic_path(resume_path, suffix=".pt.tmp") as tmp:
-            torch.save(state, tmp)
+        save_resume(resume_path, state)
     model.eval()
     save_stage1(model, out / STAGE1_WEIGHTS)
     save_aggregator(model.aggregator, out / AGGREGATOR_WEIGHTS)
     if encoder is not None:
-        openmusk.save_checkpoint(encoder.musk, kept)
+        save_checkpoint(encoder.musk, kept)
     if prep is not None:
         prep.save(out / "rna_preprocessor.json")
-    write_json(out / "config.json", dataclasses.asdict(cfg))
-    metrics = {"history": history, "final": history[-1] if history else {}, "problems": cohort.problems,
+    write_json(out / "config.json", config_to_dict(cfg))
+    metrics = {"history": history, "final": history[-1] if history else {}, "problems": problems,
                "n_train": len(train), "n_held_out": len(held_out)}
     write_json(out / "metrics.json", metrics)
     if history:

@@ -6,24 +6,22 @@ which join ``context_patches`` cached features of the same slide; the frozen sta
 re-embeds that bag, and its output tokens for the sampled tiles are the targets. The student
 encoder, through a linear head, learns to reproduce them (cosine or smooth-L1 loss); the teacher
 follows the student by EMA. Memory is bounded by the tiles per step, not by slide size. The
-trained encoder is written with ``openmusk.save_checkpoint`` (loadable by ``load_checkpoint``).
+trained encoder is written with ``openmusk.model.save_checkpoint`` (loadable by ``load_checkpoint``).
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openmusk.core.io import atomic_path, write_json
+from openmusk.core.io import save_figure, write_json
+from openmusk.data.features_h5 import FeaturesFileError, features_shape, read_coords_file, read_feature_rows
 from openmusk.pretrain.mstar.config import SelfTaughtConfig
 from openmusk.pretrain.mstar.model import MstarPretrained, aggregator_tokens
 
@@ -62,15 +60,13 @@ def load_slide_table(table: str | Path, feature_dim: int) -> tuple[list[SlideTil
             problems.append(f"{where}: slide file {slide} not found")
             continue
         try:
-            with h5py.File(feats, "r") as f:
-                shape, coords = f["features"].shape, f["coords"][:]
-                attrs = dict(f["coords"].attrs)
-        except (OSError, KeyError) as e:
-            problems.append(f"{where}: cannot read features/coords from {feats} ({e})")
+            shape = features_shape(feats)
+            coords, attrs = read_coords_file(feats)
+        except FeaturesFileError as e:
+            problems.append(f"{where}: cannot read features/coords ({e})")
             continue
-        if len(shape) != 2 or shape[1] != feature_dim or shape[0] != len(coords):
-            problems.append(f"{where}: {feats} has features {shape} and {len(coords)} coords; "
-                            f"the aggregator expects (N, {feature_dim}) with one coord per row")
+        if shape[1] != feature_dim:
+            problems.append(f"{where}: {feats} has {shape[1]}-d features; the aggregator expects {feature_dim}-d")
             continue
         size0 = int(attrs.get("patch_size_level0", attrs.get("patch_size", 0)))
         if size0 <= 0:
@@ -96,13 +92,13 @@ class _TileReader:
     """Open slides on demand and cut tiles, resized to the encoder's input by MUSK's transform."""
 
     def __init__(self, img_size: int):
-        import openmusk
+        from openmusk.data.transforms import get_transform
 
-        self.transform = openmusk.get_transform(img_size)
+        self.transform = get_transform(img_size)
         self.open: dict[Path, object] = {}
 
     def __call__(self, slide: SlideTiles, rows: np.ndarray) -> torch.Tensor:
-        from openmusk.slide.reader import open_slide
+        from openmusk.slide import open_slide
 
         if slide.slide not in self.open:
             self.open[slide.slide] = open_slide(slide.slide)
@@ -131,59 +127,61 @@ def _plot(history: list[dict], path: Path) -> None:
     ax.plot([h["step"] for h in history], [h["loss"] for h in history])
     ax.set(xlabel="step", ylabel="loss to aggregator tokens", title="mSTAR stage 2 (self-taught)")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def self_taught(cfg: SelfTaughtConfig, progress: bool = True) -> dict:
-    """Run stage 2 as configured; returns metrics (also in ``out_dir/metrics.json``)."""
-    import openmusk
+    """Run stage 2 as configured; returns metrics (also in ``output_dir/metrics.json``)."""
     from tqdm.auto import tqdm
 
-    from openmusk.core.optim import build_adamw, param_groups, warmup_cosine
+    from openmusk.core.config import config_to_dict
+    from openmusk.core.optim import param_groups
+    from openmusk.core.runtime import autocast, resolve_device
+    from openmusk.encoders import load_encoder
+    from openmusk.mil.trainer import Optimization, load_resume, save_resume
+    from openmusk.model import save_checkpoint
 
-    out = Path(cfg.out_dir)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    pre = MstarPretrained(cfg.stage1_dir, device=cfg.device)
+    pre = MstarPretrained(cfg.stage1_dir, device=device)
     aggregator = pre.model.aggregator.eval().requires_grad_(False)
     in_dim, hidden = pre.model.arch.in_dim, pre.model.arch.hidden_dim
     slides, problems = load_slide_table(cfg.table, in_dim)
     if not slides:
         raise ValueError(f"{cfg.table}: no usable slide; problems: {problems}")
-    student = openmusk.create_model(cfg.musk_model, pretrained=cfg.weights or None, device=cfg.device)
+    # the student comes from the encoder registry: MUSK, whose vision side is trained and exported
+    student = load_encoder("musk" if cfg.multiscale else "musk_singlescale", weights=cfg.weights or "random",
+                           arch=cfg.arch, device=device).model
     width = student.config.embed_dim * (2 if cfg.multiscale else 1)
     if width != in_dim:
         raise ValueError(f"the encoder gives {width}-d features (multiscale={cfg.multiscale}) but the stage-1 "
                          f"aggregator takes {in_dim}-d: use the encoder and setting that extracted the features")
     student.train().set_grad_checkpointing(cfg.grad_checkpointing)
     teacher = copy.deepcopy(student).eval().requires_grad_(False)
-    head = nn.Linear(width, hidden).to(cfg.device)
-    opt = build_adamw(param_groups(student, cfg.weight_decay) + param_groups(head, cfg.weight_decay, depth=0), cfg.lr)
-    sched = warmup_cosine(opt, cfg.warmup_steps, cfg.steps)
+    head = nn.Linear(width, hidden).to(device)
+    opt = Optimization(param_groups(student, cfg.weight_decay) + param_groups(head, cfg.weight_decay, depth=0),
+                       cfg.lr, cfg.steps, cfg.warmup_steps, betas=(0.9, 0.95), clip_norm=3.0,
+                       precision=cfg.precision, device=device)
     history: list[dict] = []
     start = 0
     resume_path = out / "resume.pt"
-    if cfg.resume and resume_path.is_file():
-        state = torch.load(resume_path, map_location=cfg.device, weights_only=True)
+    state = load_resume(resume_path, device) if cfg.resume else None
+    if state is not None:
         student.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
         head.load_state_dict(state["head"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        opt.load_state_dict(state)
         start, history = int(state["step"]), list(state["history"])
     reader = _TileReader(cfg.img_size)
-    amp = torch.autocast(device_type=torch.device(cfg.device).type, dtype=torch.bfloat16) if cfg.amp else nullcontext()
     window: list[float] = []
     active = list(range(len(slides)))
     t0 = time.time()
 
     def save_state(step: int) -> None:
-        with atomic_path(resume_path, suffix=".pt.tmp") as tmp:
-            torch.save({"student": student.state_dict(), "teacher": teacher.state_dict(), "head": head.state_dict(),
-                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
-                        "history": history}, tmp)
+        save_resume(resume_path, {"student": student.state_dict(), "teacher": teacher.state_dict(),
+                                  "head": head.state_dict(), **opt.state_dict(), "step": step, "history": history})
 
     bar = tqdm(range(start, cfg.steps), desc="stage 2 (self-taught)", disable=not progress)
     for step in bar:
@@ -196,31 +194,26 @@ def self_taught(cfg: SelfTaughtConfig, progress: bool = True) -> dict:
             others = np.setdiff1d(np.arange(n), rows)
             ctx = np.sort(rng.choice(others, size=min(cfg.context_patches, len(others)), replace=False))
             try:
-                tiles = reader(slide, rows).to(cfg.device)
+                tiles = reader(slide, rows).to(device)
             except (OSError, ValueError, RuntimeError) as e:  # unreadable region: drop the slide, go on
                 problems.append(f"{slide.case_id}: tile read failed at step {step} ({e}); slide dropped")
                 active.remove(si)
                 if not active:
                     raise RuntimeError(f"every slide failed to read; problems: {problems}") from e
                 continue
-            with torch.no_grad(), amp:
+            with torch.no_grad(), autocast(device, cfg.precision):
                 teach = patch_features(teacher, tiles, cfg.multiscale).float()
                 if len(ctx):
-                    with h5py.File(slide.features, "r") as f:
-                        context = torch.from_numpy(f["features"][ctx].astype(np.float32)).to(cfg.device)
+                    context = torch.from_numpy(read_feature_rows(slide.features, ctx)).to(device)
                     teach = torch.cat([teach, context])
                 target = aggregator_tokens(aggregator, teach)[:len(rows)]
-            with amp:
+            with autocast(device, cfg.precision):
                 pred = head(patch_features(student, tiles, cfg.multiscale))
             losses.append(_loss(pred, target, cfg.loss))
         if not losses:
             continue
         loss = torch.stack(losses).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(student.parameters()) + list(head.parameters()), 3.0)
-        opt.step()
-        sched.step()
+        opt.step(loss)
         ema_update(teacher, student, cfg.ema_momentum)
         window.append(loss.item())
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
@@ -231,8 +224,8 @@ def self_taught(cfg: SelfTaughtConfig, progress: bool = True) -> dict:
             save_state(step + 1)
     save_state(cfg.steps)
     student.eval()
-    openmusk.save_checkpoint(student, out / PATCH_ENCODER_WEIGHTS)
-    write_json(out / "config.json", dataclasses.asdict(cfg))
+    save_checkpoint(student, out / PATCH_ENCODER_WEIGHTS)
+    write_json(out / "config.json", config_to_dict(cfg))
     metrics = {"history": history, "problems": problems, "n_slides": len(active)}
     write_json(out / "metrics.json", metrics)
     if history:

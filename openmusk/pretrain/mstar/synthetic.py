@@ -14,7 +14,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 __all__ = ["ATTRIBUTES", "TriModalCohort", "make_trimodal_cohort", "make_genomic_survival_cohort",
@@ -45,16 +44,12 @@ class TriModalCohort:
 
 def write_h5_features(path: str | os.PathLike, features: np.ndarray, coords: np.ndarray,
                       patch_size: int = 256, level: int = 0) -> None:
-    """Write a slide's features in the TRIDENT layout: ``features`` (N, D) float32, ``coords`` (N, 2) int."""
-    from openmusk.core.io import atomic_path
+    """Write a slide's features file (:func:`openmusk.data.features_h5.write_features`) with the
+    coords attributes a tiler gives: ``patch_size``, ``patch_size_level0``, ``level``."""
+    from openmusk.data.features_h5 import write_features
 
-    with atomic_path(path, suffix=".h5.tmp") as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("features", data=np.asarray(features, np.float32))
-            c = f.create_dataset("coords", data=np.asarray(coords, np.int64))
-            c.attrs["patch_size"] = patch_size
-            c.attrs["patch_size_level0"] = patch_size
-            c.attrs["level"] = level
+    write_features(path, features, coords,
+                   coords_attrs={"patch_size": patch_size, "patch_size_level0": patch_size, "level": level})
 
 
 def _grid_coords(n: int, patch_size: int) -> np.ndarray:

@@ -4,17 +4,17 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-import h5py
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from openmusk.data.features_h5 import read_features
 from openmusk.mil.cohort import BagDataset, PatientRecord
 from openmusk.mil.metrics import roc_auc
 from openmusk.mil.models import MilModel, build_aggregator, load_aggregator
 from openmusk.mil.tasks import ClassificationTask
-from openmusk.mil.trainer import TrainConfig, evaluate, fit
+from openmusk.mil.trainer import FitConfig, evaluate, fit
 from openmusk.pretrain.mstar.config import AggregatorPretrainConfig
 from openmusk.pretrain.mstar.downstream import few_shot_slides, init_mil_aggregator, zero_shot_slides
 from openmusk.pretrain.mstar.model import AGGREGATOR_WEIGHTS, MstarPretrained
@@ -25,8 +25,8 @@ pytestmark = pytest.mark.slow
 
 
 def _config(cohort, out, **kw) -> AggregatorPretrainConfig:
-    base = dict(table=str(cohort.table), rna_table=str(cohort.rna_table), out_dir=str(out), aggregator="abmil",
-                hidden_dim=64, embed_dim=32, musk_model="musk_tiny_patch16_384", weights="", n_genes=100,
+    base = dict(table=str(cohort.table), rna_table=str(cohort.rna_table), output_dir=str(out), aggregator="abmil",
+                hidden_dim=64, embed_dim=32, arch="musk_tiny_patch16_384", weights="random", n_genes=100,
                 rna_hidden=[64], batch_size=16, epochs=25, lr=2e-3, warmup_epochs=1, val_fraction=0.25,
                 resume=True)
     base.update(kw)
@@ -68,7 +68,7 @@ def test_shuffled_pairs_stay_at_chance(trained, tmp_path):
     rna.to_csv(tmp_path / "rna.csv", index=False)
     (tmp_path / "features").symlink_to(cohort.features_dir)
     shuffled = dataclasses.replace(cfg, table=str(tmp_path / "cohort.csv"), rna_table=str(tmp_path / "rna.csv"),
-                                   out_dir=str(tmp_path / "out"))
+                                   output_dir=str(tmp_path / "out"))
     retrieval = pretrain_aggregator(shuffled, progress=False)["final"]["retrieval"]
     for pair in ("slide->report", "slide->rna", "report->rna"):
         r = retrieval[pair]
@@ -86,14 +86,13 @@ def _bags(cohort):
     table = pd.read_csv(cohort.table, keep_default_na=False)
     bags = []
     for path in table["features"]:
-        with h5py.File(cohort.table.parent / path, "r") as f:
-            bags.append(f["features"][:])
+        bags.append(read_features(cohort.table.parent / path)[0])
     return table, bags
 
 
 def test_zero_shot_and_few_shot_slide_classification(trained):
     cohort, cfg, _ = trained
-    pre = MstarPretrained(cfg.out_dir)
+    pre = MstarPretrained(cfg.output_dir)
     table, bags = _bags(cohort)
     keep = np.flatnonzero(table["grade"].to_numpy() != 1)
     y = (table["grade"].to_numpy()[keep] == 2).astype(int)
@@ -114,7 +113,7 @@ def test_zero_shot_and_few_shot_slide_classification(trained):
 
 def test_mstar_plus_initialisation_beats_scratch_with_few_slides(trained):
     cohort, cfg, _ = trained
-    weights = f"{cfg.out_dir}/{AGGREGATOR_WEIGHTS}"
+    weights = f"{cfg.output_dir}/{AGGREGATOR_WEIGHTS}"
     report = load_aggregator(build_aggregator("abmil", 32, 64), weights, strict=True)
     assert not report["missing"] and not report["unexpected"]
     table = pd.read_csv(cohort.table, keep_default_na=False)
@@ -134,31 +133,32 @@ def test_mstar_plus_initialisation_beats_scratch_with_few_slides(trained):
             if arm == "mstar+":
                 init_mil_aggregator(model, weights)
             fit(model, BagDataset([recs[i] for i in train]), None, task,
-                TrainConfig(epochs=20, lr=1e-3, device="cpu", seed=seed))
+                FitConfig(epochs=20, lr=1e-3, device="cpu", seed=seed))
             aucs[arm].append(task.score(evaluate(model, BagDataset([recs[i] for i in test]), task,
-                                                 TrainConfig(device="cpu"))))
+                                                 FitConfig(device="cpu"))))
     assert np.mean(aucs["mstar+"]) > np.mean(aucs["scratch"]) + 0.05, aucs
 
 
 def test_tuned_report_encoder_trains_language_side_only_and_reloads(tmp_path):
-    import openmusk
+    from openmusk.model import create_model, save_checkpoint
+    from openmusk.text import get_tokenizer
 
     torch.manual_seed(0)
     init = tmp_path / "tiny.safetensors"
-    openmusk.save_checkpoint(openmusk.create_model("musk_tiny_patch16_384"), init)
+    save_checkpoint(create_model("musk_tiny_patch16_384"), init)
     cohort = make_trimodal_cohort(tmp_path / "c", n_patients=24, n_patches=8, dim=8, n_genes=20, seed=3)
     cfg = _config(cohort, tmp_path / "out", weights=str(init), text_mode="tuned", epochs=2, n_genes=10,
                   batch_size=8, text_lr=1e-3, val_fraction=0.0)
     pretrain_aggregator(cfg, progress=False)
-    before = openmusk.create_model(pretrained=str(init)).state_dict()
-    pre = MstarPretrained(cfg.out_dir)
+    before = create_model(pretrained=str(init)).state_dict()
+    pre = MstarPretrained(cfg.output_dir)
     after = pre.report_encoder.musk.state_dict()
     lang, vis = "beit3.encoder.layers.0.self_attn.q_proj.B.weight", "beit3.encoder.layers.0.self_attn.q_proj.A.weight"
     assert (after[lang] - before[lang]).abs().max() > 1e-4  # the language expert was trained
     torch.testing.assert_close(after[vis], before[vis])    # the vision expert got no gradient
     text = pre.embed_texts(["Sections show adenocarcinoma.", "Fibrous stroma."])
     with torch.no_grad():
-        ids, pad = openmusk.get_tokenizer()(["Sections show adenocarcinoma.", "Fibrous stroma."])
+        ids, pad = get_tokenizer()(["Sections show adenocarcinoma.", "Fibrous stroma."])
         direct = pre.model.encode_report(pre.report_encoder.musk.encode_text(ids, pad))
     torch.testing.assert_close(text, direct, rtol=1e-4, atol=1e-5)
 
@@ -166,7 +166,7 @@ def test_tuned_report_encoder_trains_language_side_only_and_reloads(tmp_path):
 def test_bf16_autocast_on_cpu_trains(tmp_path):
     torch.manual_seed(0)
     cohort = make_trimodal_cohort(tmp_path / "c", n_patients=32, n_patches=16, dim=16, n_genes=40, seed=4)
-    cfg = _config(cohort, tmp_path / "out", amp=True, epochs=6, n_genes=20, batch_size=16, val_fraction=0.0)
+    cfg = _config(cohort, tmp_path / "out", precision="bf16", epochs=6, n_genes=20, batch_size=16, val_fraction=0.0)
     hist = pretrain_aggregator(cfg, progress=False)["history"]
     losses = [h["loss"] for h in hist]
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 CONFIG = """\
 data: {data}
-out_dir: {out}
+output_dir: {out}
 model: musk_tiny_patch16_384
 weights: null
 img_size: 64
@@ -42,10 +42,13 @@ def runs(vqa_table: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     out = {}
     for name, question_only in (("image", "false"), ("question_only", "true")):
         cfg = root / f"{name}.yaml"
-        cfg.write_text(CONFIG.format(data=vqa_table, out=root / name, question_only=question_only,
-                                     freeze="last_k"))
-        assert main(["vqa", "train", str(cfg)]) == 0
-        out[name] = root / name
+        # the control's folder comes from --out-dir (the old spelling of --out), not the config
+        cfg.write_text(CONFIG.format(data=vqa_table, out=name if name == "image" else "unused",
+                                     question_only=question_only, freeze="last_k"))
+        flags = [] if name == "image" else ["--out-dir", str(root / name)]
+        assert main(["vqa", "train", str(cfg), *flags]) == 0
+        out[name] = root / name     # output_dir "image" is relative to the YAML's folder
+    assert not (root / "unused").exists()
     return out
 
 
@@ -76,11 +79,14 @@ def test_cli_eval_compare_and_ask(runs, vqa_table: Path, vqa_parquet: Path, tmp_
                                   capsys) -> None:
     preds = {name: tmp_path / f"{name}.csv" for name in runs}
     assert main(["vqa", "eval", str(runs["question_only"]), str(vqa_table), "--predictions",
-                 str(preds["question_only"]), "--workers", "0", "--resamples", "100"]) == 0
+                 str(preds["question_only"]), "--workers", "0", "--resamples", "100", "--bf16"]) == 0
+    err = capsys.readouterr().err   # the old spellings still work, each with a notice
+    assert all(f"{old} is now spelled {new}" in err for old, new in (
+        ("--workers", "--num-workers"), ("--resamples", "--n-resamples"), ("--bf16", "--precision bf16")))
     metrics = tmp_path / "metrics.json"
     assert main(["vqa", "eval", str(runs["image"]), str(vqa_table), "--predictions",
-                 str(preds["image"]), "--metrics", str(metrics), "--compare",
-                 str(preds["question_only"]), "--workers", "0", "--resamples", "100"]) == 0
+                 str(preds["image"]), "--metrics", str(metrics), "--compare", str(preds["question_only"]),
+                 "--num-workers", "0", "--n-resamples", "100", "--device", "cpu", "--precision", "fp32"]) == 0
     out = capsys.readouterr().out
     assert "test: 90 questions on 90 images" in out and "Mann-Whitney" in out
     m = json.loads(metrics.read_text())
@@ -93,7 +99,7 @@ def test_cli_eval_compare_and_ask(runs, vqa_table: Path, vqa_parquet: Path, tmp_
     # the same test questions as PathVQA parquet files (JPEG images): same model, same skill
     parquet_metrics = tmp_path / "parquet.json"
     assert main(["vqa", "eval", str(runs["image"]), str(vqa_parquet), "--metrics",
-                 str(parquet_metrics), "--workers", "0", "--resamples", "100"]) == 0
+                 str(parquet_metrics), "--num-workers", "0", "--n-resamples", "100"]) == 0
     assert json.loads(parquet_metrics.read_text())["accuracy"]["overall"]["value"] >= 0.85
     capsys.readouterr()
 
@@ -105,16 +111,18 @@ def test_cli_eval_compare_and_ask(runs, vqa_table: Path, vqa_parquet: Path, tmp_
             assert im.format == "PNG" and im.width > 300
 
     test_rows = [json.loads(line) for line in open(vqa_table)]
-    for answer in ("no", "brown"):
+    for answer, flag in (("no", "--weights"), ("brown", "--model")):   # --model: the old spelling
         row = next(r for r in test_rows if r["split"] == "test" and r["answer"] == answer)
         assert main(["vqa", "ask", str(vqa_table.parent / row["image"]), row["question"],
-                     "--model", str(runs["image"]), "--topk", "3"]) == 0
+                     flag, str(runs["image"]), "--topk", "3"]) == 0
         lines = capsys.readouterr().out.splitlines()
         assert lines[0] == f"Q: {row['question']}" and len(lines) == 4
         probs = [float(line.split()[0]) for line in lines[1:]]
         assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
         predicted = next(r for r in rows if r["question_id"] == row["question_id"])
         assert lines[1].split(None, 1)[1] == predicted["prediction"]   # ask agrees with eval
-    assert main(["vqa", "ask", str(tmp_path / "missing.png"), "is it?", "--model",
+    assert main(["vqa", "ask", str(tmp_path / "missing.png"), "is it?", "--weights",
                  str(runs["image"])]) == 2
+    assert main(["vqa", "ask", str(tmp_path / "missing.png"), "is it?"]) == 2
+    assert "--weights FOLDER" in capsys.readouterr().err
     assert main(["vqa", "eval", str(tmp_path), str(vqa_table)]) == 2

@@ -8,15 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from openmusk.cli import main
+from openmusk.core.config import ConfigError, load_config
 from openmusk.mil.models import ABMIL, TransMIL
-from openmusk.pretrain.mstar.cohort import load_cohort, read_rna_table
-from openmusk.pretrain.mstar.config import AggregatorPretrainConfig, load_config
+from openmusk.pretrain.mstar.cohort import read_pretrain_cohort, read_rna_table
+from openmusk.pretrain.mstar.config import AggregatorPretrainConfig, SelfTaughtConfig
 from openmusk.pretrain.mstar.downstream import few_shot_slides
-from openmusk.pretrain.mstar.genomic_survival import pathway_groups
 from openmusk.pretrain.mstar.loss import TriModalClipLoss, pair_clip_loss
 from openmusk.pretrain.mstar.model import aggregator_tokens
 from openmusk.pretrain.mstar.rna import RnaPreprocessor
-from openmusk.pretrain.mstar.stage1 import cross_modal_retrieval
+from openmusk.pretrain.mstar.stage1 import retrieval_between_modalities
 from openmusk.pretrain.mstar.stage2 import ema_update
 from openmusk.pretrain.mstar.synthetic import write_h5_features
 
@@ -94,12 +95,12 @@ def test_trimodal_loss_ignores_missing_modalities():
     assert emb["report"].grad[[0, 1, 3]].abs().sum() > 0
 
 
-def test_cross_modal_retrieval_matches_brute_force():
+def test_retrieval_between_modalities_matches_brute_force():
     rng = np.random.default_rng(2)
     emb = {m: rng.normal(size=(12, 5)) for m in ("slide", "report")}
     emb["report"][:6] = emb["slide"][:6] + 0.01 * rng.normal(size=(6, 5))
     present = {"slide": np.ones(12, bool), "report": np.array([True] * 10 + [False] * 2)}
-    res = cross_modal_retrieval(emb, present, ks=(1, 3))
+    res = retrieval_between_modalities(emb, present, ks=(1, 3))
     rows = np.arange(10)
     for k in (1, 3):
         hits = 0
@@ -111,29 +112,14 @@ def test_cross_modal_retrieval_matches_brute_force():
     assert res["slide->report"]["n"] == 10 and res["slide->report"]["chance@3"] == pytest.approx(0.3)
 
 
-def test_transmil_tokens_are_the_modules_own_final_tokens():
+def test_aggregator_tokens_are_the_aggregators_own_tokens():
     torch.manual_seed(0)
-    agg = TransMIL(16, 32).eval()
     x = torch.randn(23, 16)
-    captured = {}
-
-    def hook(module, inputs, output):
-        captured["out"] = output.clone()
-
-    handle = agg.norm.register_forward_hook(hook)
-    with torch.no_grad():
-        agg(x)
-    handle.remove()
-    with torch.no_grad():
-        tokens = aggregator_tokens(agg, x)
-    torch.testing.assert_close(tokens, captured["out"][0, 1:24])
-    x2 = x.clone()
-    x2[5] += 3.0  # TransMIL tokens carry slide context: another patch changes patch 0's token
-    with torch.no_grad():
-        assert not torch.allclose(aggregator_tokens(agg, x2)[0], tokens[0])
-    abmil = ABMIL(16, 32).eval()
-    with torch.no_grad():
-        torch.testing.assert_close(aggregator_tokens(abmil, x), abmil.fc(x))
+    for agg in (TransMIL(16, 32).eval(), ABMIL(16, 32).eval()):
+        with torch.no_grad():
+            torch.testing.assert_close(aggregator_tokens(agg, x), agg.tokens(x))
+    with pytest.raises(TypeError, match="no tokens"):
+        aggregator_tokens(torch.nn.Linear(16, 4), x)
 
 
 def test_ema_update_formula():
@@ -169,26 +155,51 @@ def test_few_shot_learns_planted_classes_and_not_shuffled_ones():
 def test_cohort_skips_unreadable_feature_files_and_names_them(tmp_path):
     write_h5_features(tmp_path / "a.h5", np.ones((4, 3)), np.zeros((4, 2)))
     (tmp_path / "broken.h5").write_bytes(b"not hdf5")
-    (tmp_path / "t.csv").write_text("case_id,features,report\nA,a.h5,some text\nB,broken.h5,other text\n")
-    cohort = load_cohort(tmp_path / "t.csv")
-    assert [p.case_id for p in cohort.patients] == ["A", "B"]
-    assert cohort.patients[1].feature_paths == [] and cohort.feature_dim == 3
-    assert len(cohort.problems) == 1 and "broken.h5" in cohort.problems[0] and "t.csv:3" in cohort.problems[0]
+    (tmp_path / "t.csv").write_text("case_id,features,report,split\nA,a.h5,some text,test\nB,broken.h5,other text,\n"
+                                    "C,,only a report,\n")
+    patients, dim, problems = read_pretrain_cohort(tmp_path / "t.csv", val_fraction=0.0)
+    assert [p.patient_id for p in patients] == ["A", "B", "C"] and dim == 3
+    assert patients[0].feature_files == [str(tmp_path / "a.h5")] and patients[0].split == "test"
+    assert patients[1].feature_files == [] and patients[2].feature_files == []  # kept for their reports
+    assert [p.split for p in patients[1:]] == ["train", "train"]  # no split given, val_fraction 0
+    assert len(problems) == 1 and "broken.h5" in problems[0] and "B" in problems[0] and "t.csv" in problems[0]
     (tmp_path / "bad.csv").write_text("case_id,report\nA,x\n")
-    with pytest.raises(ValueError, match="missing column 'features'"):
-        load_cohort(tmp_path / "bad.csv")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['features'\]"):
+        read_pretrain_cohort(tmp_path / "bad.csv")
+    (tmp_path / "split.csv").write_text("case_id,features,report,split\nA,a.h5,x,holdout\n")
+    with pytest.raises(ValueError, match="row 2: split 'holdout'"):
+        read_pretrain_cohort(tmp_path / "split.csv")
 
 
-def test_config_rejects_unknown_keys_and_resolves_paths(tmp_path):
-    (tmp_path / "c.yaml").write_text("table: cohort.csv\nout_dir: out\nepochs: 3\n")
+def test_configs_use_the_shared_loader_with_old_keys_renamed(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("table: cohort.csv\nout_dir: out\nmusk_model: musk_tiny_patch16_384\n"
+                                     "amp: true\nepochs: 3\n")
     cfg = load_config(AggregatorPretrainConfig, tmp_path / "c.yaml")
-    assert cfg.table == str(tmp_path / "cohort.csv") and cfg.epochs == 3
-    (tmp_path / "d.yaml").write_text("table: a.csv\nout_dir: o\nepoch: 3\n")
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['epoch'\]"):
+    assert cfg.table == str(tmp_path / "cohort.csv") and cfg.output_dir == str(tmp_path / "out")
+    assert cfg.arch == "musk_tiny_patch16_384" and cfg.precision == "bf16" and cfg.epochs == 3
+    err = capsys.readouterr().err
+    assert "'out_dir' is now spelled 'output_dir'" in err and "'amp' is now spelled 'precision'" in err
+    (tmp_path / "f.yaml").write_text("table: a.csv\noutput_dir: o\namp: false\n")
+    assert load_config(AggregatorPretrainConfig, tmp_path / "f.yaml").precision == "fp32"
+    defaults = load_config(SelfTaughtConfig, None, {"stage1_dir": "s", "table": "t", "output_dir": "o"})
+    assert (defaults.device, defaults.precision) == ("auto", "auto")  # no longer the CPU by default
+    (tmp_path / "d.yaml").write_text("table: a.csv\noutput_dir: o\nepoch: 3\n")
+    with pytest.raises(ConfigError, match=r"d.yaml: unknown key 'epoch'.*did you mean 'epochs'"):
         load_config(AggregatorPretrainConfig, tmp_path / "d.yaml")
+    (tmp_path / "e.yaml").write_text("table: a.csv\noutput_dir: o\nepochs: ten\n")
+    with pytest.raises(ConfigError, match=r"e.yaml: key 'epochs' expects int, got 'ten'"):
+        load_config(AggregatorPretrainConfig, tmp_path / "e.yaml")
 
 
-def test_pathway_groups_names_a_pathway_without_genes():
-    assert pathway_groups(["a", "b", "c"], {"p1": ["c", "a", "zz"]}) == {"p1": [2, 0]}
-    with pytest.raises(ValueError, match="pathway 'p2'"):
-        pathway_groups(["a"], {"p2": ["x", "y"]})
+def test_mstar_cli_has_example_and_shared_flags(tmp_path, capsys):
+    for command in ("pretrain-aggregator", "self-taught"):
+        assert main(["mstar", command, "--example"]) == 0
+        example = capsys.readouterr().out
+        assert "table: null  # required" in example and "precision: auto" in example
+    cfg = tmp_path / "s1.yaml"
+    cfg.write_text("table: missing.csv\nout_dir: o\n")
+    assert main(["mstar", "pretrain-aggregator", str(cfg), "--out-dir", str(tmp_path / "x"),
+                 "--device", "cpu", "--precision", "fp32"]) == 2
+    err = capsys.readouterr().err
+    assert "'out_dir' is now spelled 'output_dir'" in err and "--out-dir is now spelled --out" in err
+    assert "missing.csv" in err

@@ -1,4 +1,4 @@
-"""MCAT and PORPOISE learn a genomic survival signal through the openmusk.mil CV machinery."""
+"""MCAT and PORPOISE (openmusk.mil.genomic) learn a genomic survival signal through the mil CV machinery."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 from lifelines.utils import concordance_index
 
-from openmusk.mil.trainer import TrainConfig
-from openmusk.pretrain.mstar.genomic_survival import MCAT, PORPOISE, cross_validate_genomic
+from openmusk.mil.genomic import MCAT, PORPOISE, cross_validate_genomic, pathway_groups
+from openmusk.mil.trainer import FitConfig
 from openmusk.pretrain.mstar.synthetic import make_genomic_survival_cohort
 
 
@@ -20,7 +20,7 @@ def cohort(tmp_path_factory):
 def _cv(cohort, model, out, omics=None):
     torch.manual_seed(0)
     res = cross_validate_genomic(cohort["records"], omics or cohort["omics"], cohort["groups"], str(out),
-                                 model=model, config=TrainConfig(epochs=20, lr=1e-3, batch_size=8, patience=5,
+                                 model=model, config=FitConfig(epochs=20, lr=1e-3, batch_size=8, patience=5,
                                                                  device="cpu"),
                                  folds=3, dim=32, log=lambda s: None)
     oof = res["oof"]
@@ -66,3 +66,9 @@ def test_models_route_genomics_by_pathway():
             net.hazard_logits(bag, torch.randn(2, 4), mask)
     with pytest.raises(ValueError, match="needs genomic data"):
         mcat({"features": bag, "mask": mask})
+
+
+def test_pathway_groups_names_a_pathway_without_genes():
+    assert pathway_groups(["a", "b", "c"], {"p1": ["c", "a", "zz"]}) == {"p1": [2, 0]}
+    with pytest.raises(ValueError, match="pathway 'p2'"):
+        pathway_groups(["a"], {"p2": ["x", "y"]})

@@ -1,4 +1,4 @@
-"""Multimodal survival over a slide's patch features and genomics: MCAT and PORPOISE.
+"""Slide-level survival over a bag of patch features and genomics: MCAT and PORPOISE.
 
 Both map a bag of patch features (B, N, D) with a padding mask and a genomic vector (B, G) to
 logits over discrete time bins (B, n_bins), the input of the discrete-time NLL survival loss.
@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from openmusk.data.features_h5 import features_shape
 from openmusk.mil.cohort import BagDataset, PatientRecord, collate_bags
-from openmusk.mil.trainer import TrainConfig
+from openmusk.mil.models import _as_batch
+from openmusk.mil.trainer import FitConfig
 
 __all__ = ["pathway_groups", "SNNBlock", "GatedAttentionPool", "MCAT", "PORPOISE", "KroneckerFusion",
            "GenomicBagDataset", "collate_genomic", "cross_validate_genomic", "GENOMIC_MODELS"]
@@ -62,19 +64,6 @@ class GatedAttentionPool(nn.Module):
             score = score.masked_fill(~mask, float("-inf"))
         att = torch.softmax(score.float(), dim=-1).to(x.dtype)
         return torch.einsum("bn,bnd->bd", att, x), att
-
-
-def _bag(features: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Accept (N, D) or (B, N, D); return the batched bag and a (B, N) validity mask."""
-    if features.ndim == 2:
-        features = features.unsqueeze(0)
-    if features.ndim != 3:
-        raise ValueError(f"patch features must be (N, D) or (B, N, D), got {tuple(features.shape)}")
-    if mask is None:
-        mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
-    elif mask.ndim == 1:
-        mask = mask.unsqueeze(0)
-    return features, mask.bool()
 
 
 def _omics(omics: torch.Tensor, n: int) -> torch.Tensor:
@@ -125,7 +114,7 @@ class MCAT(_BatchForward):
     def hazard_logits(self, features: torch.Tensor, omics: torch.Tensor,
                       mask: torch.Tensor | None = None) -> torch.Tensor:
         """Patch bag (B, N, D) + genomics (B, G) -> hazard logits (B, n_bins)."""
-        x, mask = _bag(features, mask)
+        x, mask = _as_batch(features, mask)
         omics = _omics(omics, self.n_omics)
         h_path = self.path_fc(x)
         h_omic = torch.stack([net(omics[:, idx]) for net, idx in zip(self.omic_nets, self.group_index)], dim=1)
@@ -179,13 +168,12 @@ class PORPOISE(_BatchForward):
     def hazard_logits(self, features: torch.Tensor, omics: torch.Tensor,
                       mask: torch.Tensor | None = None) -> torch.Tensor:
         """Patch bag (B, N, D) + genomics (B, G) -> hazard logits (B, n_bins)."""
-        x, mask = _bag(features, mask)
+        x, mask = _as_batch(features, mask)
         omics = _omics(omics, self.n_omics)
         p, _ = self.path_pool(self.path_fc(x), mask)
         p, g = self.path_rho(p), self.omic_net(omics)
         fused = self.fusion(p, g) if self.fusion_kind == "kronecker" else self.fusion(torch.cat([p, g], -1))
         return self.classifier(fused)
-
 
 
 GENOMIC_MODELS = ("mcat", "porpoise")
@@ -216,9 +204,10 @@ def collate_genomic(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 def cross_validate_genomic(records: Sequence[PatientRecord], omics: Mapping[str, np.ndarray],
                            groups: Mapping[str, Sequence[int]], out_dir: str, model: str = "mcat",
-                           config: TrainConfig | None = None, folds: int = 5, n_bins: int = 4, dim: int = 256,
+                           config: FitConfig | None = None, folds: int = 5, n_bins: int = 4, dim: int = 256,
                            fusion: str = "kronecker", max_instances: int | None = None,
-                           log: Callable[[str], None] = print) -> dict:
+                           val_fraction: float = 0.2, n_resamples: int = 1000,
+                           log: Callable[[str], None] = print, progress: bool = False) -> dict:
     """k-fold CV of MCAT or PORPOISE with the discrete-time NLL through ``openmusk.mil.cv``.
 
     ``omics`` maps patient id -> genomic vector (log-scale expression); per fold it is z-scored
@@ -233,17 +222,14 @@ def cross_validate_genomic(records: Sequence[PatientRecord], omics: Mapping[str,
     missing = [r.patient_id for r in records if r.patient_id not in omics]
     if missing:
         raise ValueError(f"no genomic profile for {len(missing)} patients, e.g. {missing[:5]}")
-    config = config or TrainConfig()
-    in_dim = None
+    config = config or FitConfig()
+    in_dim = features_shape(records[0].feature_files[0])[1]
     fold: dict[str, np.ndarray] = {}
 
     def build(train_recs: list) -> tuple[SurvivalTask, nn.Module]:
-        nonlocal in_dim
         x = np.stack([omics[r.patient_id] for r in train_recs]).astype(np.float64)
         fold["mean"], fold["std"] = x.mean(0), np.where(x.std(0) > 1e-8, x.std(0), 1.0)
         edges = time_bins(np.array([r.time for r in train_recs]), np.array([r.event for r in train_recs]), n_bins)
-        if in_dim is None:
-            in_dim = int(BagDataset(train_recs[:1])[0]["features"].shape[1])
         net = (MCAT(in_dim, groups, n_bins, dim) if model == "mcat"
                else PORPOISE(in_dim, x.shape[1], n_bins, dim, fusion))
         return SurvivalTask("nll", edges.tolist()), net
@@ -254,4 +240,5 @@ def cross_validate_genomic(records: Sequence[PatientRecord], omics: Mapping[str,
         return GenomicBagDataset(recs, x, bins, max_instances if train else None, seed=config.seed)
 
     return cross_validate(records, np.array([r.event for r in records]), build, make_dataset, config, out_dir,
-                          folds=folds, balanced_sampler=False, collate_fn=collate_genomic, log=log)
+                          folds=folds, val_fraction=val_fraction, balanced_sampler=False,
+                          collate_fn=collate_genomic, n_resamples=n_resamples, log=log, progress=progress)

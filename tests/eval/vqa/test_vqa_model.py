@@ -111,17 +111,17 @@ def test_layer_decay_and_head_learning_rates(vqa_model: MuskVQA) -> None:
 
 
 def test_bf16_autocast_on_cpu_matches_float32(vqa_model: MuskVQA) -> None:
-    from openmusk.eval.vqa.predictor import autocast
+    from openmusk.core.runtime import autocast
 
     images, ids, mask = _inputs()
     with torch.no_grad():
         ref = vqa_model(images, ids, mask)
-        with autocast(torch.device("cpu"), bf16=True):
+        with autocast("cpu", "bf16"):
             low = vqa_model(images, ids, mask)
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), ref, atol=0.05, rtol=0.05)
     vqa_model.train()
-    with autocast(torch.device("cpu"), bf16=True):
+    with autocast("cpu", "bf16"):
         loss = F.cross_entropy(vqa_model(images, ids, mask).float(), torch.tensor([0, 1, 2]))
     loss.backward()
     assert torch.isfinite(vqa_model.classifier[0].weight.grad).all()

@@ -84,9 +84,7 @@ def bench(real_dir, tmp_path_factory):
               "shots": [1, 2, 4], "few_shot_seeds": 3, "knn_k": 3, "retrieval_ks": [1, 5],
               "image_retrieval_ks": [1, 3],
               "models": [{"name": "musk_tiny", "kind": "musk", "model": "musk_tiny_patch16_384"},
-                         {"name": "color_stats", "kind": "factory",
-                          "factory": "openmusk.eval.encoders:color_stats_encoder",
-                          "kwargs": {"img_size": 64}}],
+                         {"name": "color_stats", "kind": "color_stats", "kwargs": {"img_size": 64}}],
               "datasets": [{"spec": "hgsc_tiles.yaml", "root": "data",
                             "retrieval_splits": ["train", "test"]},
                            {"spec": "hgsc_captions.yaml", "root": "data"}]}
@@ -154,10 +152,15 @@ def test_every_task_through_the_cli_then_the_report(bench, capsys):
 def test_config_errors_are_reported_by_the_cli(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("models: [{name: m, kind: musk}]\ndatasets: []\nepochs: 3\n")
     assert main(["eval", "run", str(tmp_path / "bad.yaml")]) == 2
-    assert "unknown key(s) ['epochs']" in capsys.readouterr().err
+    assert "bad.yaml: unknown key 'epochs' for EvalConfig" in capsys.readouterr().err
     (tmp_path / "bad2.yaml").write_text("models: [{name: m, kind: keras}]\ndatasets: [{spec: pcam, root: .}]\n")
     assert main(["eval", "run", str(tmp_path / "bad2.yaml")]) == 2
     assert "kind 'keras' is not one of" in capsys.readouterr().err
+    (tmp_path / "bad3.yaml").write_text("models: [{name: m}]\ndatasets: [{spec: pcam, root: .}]\n")
+    assert main(["eval", "run", str(tmp_path / "bad3.yaml"), "--set", "knn_k=many"]) == 2
+    assert "key 'knn_k' expects int, got 'many'" in capsys.readouterr().err
+    assert main(["eval", "run"]) == 2
+    assert "openmusk eval run --example" in capsys.readouterr().err
     assert main(["eval", "report", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -165,13 +168,15 @@ def test_config_errors_are_reported_by_the_cli(tmp_path, capsys):
 def test_a_model_that_cannot_be_built_fails_its_cells_not_the_run(bench, tmp_path, capsys):
     cfg = yaml.safe_load((bench / "run.yaml").read_text())
     cfg["output_dir"] = str(tmp_path / "out")
-    cfg["models"] = [{"name": "missing", "kind": "musk", "pretrained": str(tmp_path / "nope.safetensors")},
-                     {"name": "color_stats", "kind": "factory",
+    cfg["models"] = [{"name": "missing", "kind": "musk", "pretrained": "nope.safetensors"},
+                     {"name": "color_stats", "kind": "factory",   # the factory's module before it moved
                       "factory": "openmusk.eval.encoders:color_stats_encoder", "kwargs": {"img_size": 32}}]
     cfg["datasets"] = [{"spec": str(bench / "hgsc_tiles.yaml"), "root": str(bench / "data"),
                         "tasks": ["knn"]}]
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["eval", "run", str(tmp_path / "run.yaml")]) == 1
-    out = capsys.readouterr().out
+    assert main(["eval", "run", str(tmp_path / "run.yaml"), "--workers", "0"]) == 1
+    out, err = capsys.readouterr()
     assert "1 cells computed" in out and "1 failed" in out and "cannot build model 'missing'" in out
+    assert str(tmp_path / "nope.safetensors") in out   # resolved against the YAML's folder
+    assert "is now 'openmusk.encoders:color_stats_encoder'" in err and "--workers is now spelled" in err
     assert (tmp_path / "out" / "color_stats" / "hgsc_tiles" / "knn.json").is_file()

@@ -8,16 +8,16 @@ import pytest
 from scipy import stats
 from sklearn.metrics import average_precision_score
 
-from openmusk.eval.metrics import (classification_metrics, image_retrieval_outcomes,
+from openmusk.eval.metrics import (label_metrics, image_retrieval_outcomes,
                                    nearest_neighbors, recall_at_k, retrieval_ranks)
 from openmusk.core.stats import bootstrap_ci
 
 
-def test_classification_metrics_match_brute_force_loops():
+def test_label_metrics_match_brute_force_loops():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 300)
     p = np.where(rng.random(300) < 0.6, y, rng.integers(0, 4, 300))
-    m = classification_metrics(y, p)
+    m = label_metrics(y, p)
     recalls, f1s, supports = [], [], []
     for c in range(4):
         tp = sum(1 for a, b in zip(y, p) if a == c and b == c)
@@ -110,14 +110,14 @@ def test_bootstrap_ci_agrees_with_scipy_percentile_bootstrap():
     assert ours.high == pytest.approx(ref.high, abs=0.01)
 
 
-def test_classification_metrics_match_sklearn_on_uneven_labels():
+def test_label_metrics_match_sklearn_on_uneven_labels():
     from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
     rng = np.random.default_rng(4)
     for trial in range(20):
         y = rng.integers(0, 5, 40)
         p = rng.integers(0, 6, 40)  # predicts a class (5) absent from y_true
-        m = classification_metrics(y, p)
+        m = label_metrics(y, p)
         assert m["accuracy"] == pytest.approx(accuracy_score(y, p))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # sklearn warns about the extra predicted class

@@ -1,4 +1,5 @@
-"""The model commands end to end on real images, through the installed console entry point."""
+"""``openmusk embed``, ``zeroshot`` and ``info`` end to end on real images: each gives what the
+library call it wraps gives."""
 import subprocess
 import sys
 
@@ -29,14 +30,14 @@ def test_embed_images_skips_and_reports_unreadable(tmp_path, real_dir, weights):
     (folder / "c.png").write_bytes(b"not an image")
     out = tmp_path / "f.h5"
     assert main(["embed", "images", str(folder), "--out", str(out), "--weights", weights,
-                 "--workers", "0", "--batch-size", "2"]) == 0
+                 "--workers", "0", "--batch-size", "2", "--quiet"]) == 0
     with h5py.File(out) as f:
         names = [n.decode() for n in f["names"][:]]
         feats = f["features"][:]
     assert [n.rsplit("/", 1)[1] for n in names] == ["a.png", "b.jpg"]
     assert feats.shape == (2, 64) and np.allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-5)
     errors = (tmp_path / "f.h5.errors.csv").read_text()
-    assert "c.png" in errors and "UnidentifiedImageError" in errors
+    assert "c.png" in errors and "cannot read image" in errors
     # the same embedding as the Python API on the same image
     model = openmusk.create_model(pretrained=weights)
     with torch.no_grad():
@@ -44,20 +45,53 @@ def test_embed_images_skips_and_reports_unreadable(tmp_path, real_dir, weights):
     assert np.allclose(feats[0], api[0].numpy(), atol=1e-5)
 
 
-def test_embed_images_multiscale_features(tmp_path, real_dir, weights):
+def test_embed_images_multiscale_and_raw_features(tmp_path, real_dir, weights):
+    image = real_dir / "he_tumor_1000px.png"
+    x = openmusk.get_transform()(Image.open(image)).unsqueeze(0)
+    model = openmusk.create_model(pretrained=weights)
     out = tmp_path / "ms.h5"
-    assert main(["embed", "images", str(real_dir / "he_tumor_1000px.png"), "--out", str(out),
-                 "--weights", weights, "--workers", "0", "--multiscale", "--raw"]) == 0
+    assert main(["embed", "images", str(image), "--out", str(out), "--weights", weights,
+                 "--num-workers", "0", "--multiscale", "--raw", "--quiet"]) == 0
     with h5py.File(out) as f:
-        assert f["features"].shape == (1, 128)
-        assert f["features"].attrs["kind"] == "multiscale"
+        assert f["features"].attrs["kind"] == "multiscale" and f["features"].attrs["feature_kind"] == "probe"
+        with torch.no_grad():
+            ref = model.encode_image(x, head=False, normalize=False, multiscale=True)
+        assert np.allclose(f["features"][:], ref.numpy(), atol=1e-4)
+    # --raw alone: the single-scale CLS before the head, unnormalised
+    assert main(["embed", "images", str(image), "--out", str(out), "--weights", weights,
+                 "--num-workers", "0", "--raw", "--quiet"]) == 0
+    with h5py.File(out) as f, torch.no_grad():
+        ref = model.encode_image(x, head=False, normalize=False)
+        assert np.allclose(f["features"][:], ref.numpy(), atol=1e-4)
+        assert f["features"].attrs["kind"] == "embedding" and not f["features"].attrs["normalized"]
+
+
+def test_embed_images_with_another_encoder_records_it(tmp_path, real_dir):
+    from openmusk.data.features_h5 import read_encoder_info
+    from openmusk.encoders import load_encoder
+
+    out = tmp_path / "c.h5"
+    image = real_dir / "hgsc_nest.jpg"
+    assert main(["embed", "images", str(image), "--out", str(out), "--encoder", "color_stats",
+                 "--num-workers", "0", "--quiet"]) == 0
+    info = read_encoder_info(out)
+    assert info["encoder"] == "color_stats" and info["feature_kind"] == "embed"
+    enc = load_encoder("color_stats")
+    ref = enc.encode_image(enc.transform(Image.open(image).convert("RGB")).unsqueeze(0))
+    with h5py.File(out) as f:
+        assert np.allclose(f["features"][:], ref.numpy(), atol=1e-6)
+    # an image-only encoder cannot embed texts; a wrong name is named with the known ones
+    (tmp_path / "t.txt").write_text("tumour\n")
+    assert main(["embed", "texts", str(tmp_path / "t.txt"), "--out", str(tmp_path / "t.h5"),
+                 "--encoder", "color_stats", "--quiet"]) == 2
+    assert main(["embed", "images", str(image), "--out", str(out), "--encoder", "colour_stats"]) == 2
 
 
 def test_embed_texts_from_csv(tmp_path, weights):
     csv_path = tmp_path / "reports.csv"
     csv_path.write_text('id,text\n1,"Invasive ductal carcinoma, grade 3."\n2,Benign skin.\n')
     out = tmp_path / "t.h5"
-    assert main(["embed", "texts", str(csv_path), "--out", str(out), "--weights", weights]) == 0
+    assert main(["embed", "texts", str(csv_path), "--out", str(out), "--weights", weights, "--quiet"]) == 0
     with h5py.File(out) as f:
         assert [t.decode() for t in f["texts"][:]] == ["Invasive ductal carcinoma, grade 3.", "Benign skin."]
         feats = f["features"][:]

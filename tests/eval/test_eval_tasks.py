@@ -7,9 +7,9 @@ import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
-from openmusk.eval.encoders import CallableEncoder
+from openmusk.encoders import CallableEncoder, zero_shot_weights
 from openmusk.eval.tasks import (cross_modal_retrieval, few_shot, image_retrieval, knn_probe,
-                                 linear_probe, zero_shot_classification, zero_shot_weights)
+                                 linear_probe, zero_shot_classification)
 
 
 def clusters(n_per_class: int, n_classes: int = 4, dim: int = 32, spread: float = 1.0, seed: int = 0):

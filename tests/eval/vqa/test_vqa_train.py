@@ -1,4 +1,5 @@
-"""Training mechanics: YAML config, gradient accumulation equivalence, resume after interruption."""
+"""Training mechanics: YAML config (paths, renamed keys), gradient accumulation equivalence,
+resume after interruption."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from openmusk.core.config import ConfigError, load_config
 from openmusk.eval.vqa import VQATrainConfig, train_vqa
 from openmusk.eval.vqa import train as train_module
 
@@ -28,7 +30,7 @@ def small_table(vqa_table: Path) -> Path:
 
 
 def _config(table: Path, out: Path, **kw) -> VQATrainConfig:
-    base = dict(data=str(table), out_dir=str(out),
+    base = dict(data=str(table), output_dir=str(out),
                 model="musk_tiny_patch16_384", weights=None, img_size=32, drop_path_rate=0.0,
                 question_only=True, max_len=12, epochs=2, batch_size=8, accum_steps=1, lr=1e-3,
                 val_split=None, num_workers=0, progress=False, freeze="last_k", last_k=2)
@@ -39,17 +41,41 @@ def _config(table: Path, out: Path, **kw) -> VQATrainConfig:
 def test_yaml_config_maps_onto_the_dataclass(tmp_path: Path) -> None:
     good = tmp_path / "ok.yaml"
     good.write_text("data: set.jsonl\nepochs: 3\nfreeze: last_k\nlast_k: 2\nweights: null\n")
-    cfg = VQATrainConfig.from_yaml(good)
+    cfg = load_config(VQATrainConfig, good)
     assert (cfg.epochs, cfg.freeze, cfg.last_k, cfg.weights, cfg.lr) == (3, "last_k", 2, None, 2e-5)
+    assert (cfg.device, cfg.precision) == ("auto", "auto")   # the shared defaults
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: set.jsonl\nepoch: 3\n")
-    with pytest.raises(ValueError, match=r"bad.yaml: unknown key\(s\) \['epoch'\]"):
-        VQATrainConfig.from_yaml(bad)
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'epoch'.*did you mean 'epochs'"):
+        load_config(VQATrainConfig, bad)
     bad.write_text("epochs: 3\n")
-    with pytest.raises(ValueError, match="'data'.*is required"):
-        VQATrainConfig.from_yaml(bad)
+    with pytest.raises(ConfigError, match=r"bad.yaml: missing required key\(s\) \['data'\]"):
+        load_config(VQATrainConfig, bad)
+    bad.write_text("data: x\nepochs: ten\n")
+    with pytest.raises(ConfigError, match=r"key 'epochs' expects int, got 'ten'"):
+        load_config(VQATrainConfig, bad)
     with pytest.raises(ValueError, match="freeze must be one of"):
         VQATrainConfig(data="x", freeze="backbone")
+
+
+def test_relative_paths_resolve_against_the_yaml_and_old_keys_still_work(tmp_path: Path, capsys) -> None:
+    (tmp_path / "cfgs").mkdir()
+    path = tmp_path / "cfgs" / "run.yaml"
+    path.write_text("data: ../sets/vqa.jsonl\nimage_root: images\nout_dir: runs/a\nbf16: true\n"
+                    "weights: ckpt/musk.safetensors\n")
+    cfg = load_config(VQATrainConfig, path)
+    assert Path(cfg.data) == tmp_path / "cfgs" / ".." / "sets" / "vqa.jsonl"
+    assert Path(cfg.image_root) == tmp_path / "cfgs" / "images"
+    assert Path(cfg.output_dir) == tmp_path / "cfgs" / "runs" / "a"
+    assert Path(cfg.weights) == tmp_path / "cfgs" / "ckpt" / "musk.safetensors"
+    assert cfg.precision == "bf16"
+    err = capsys.readouterr().err
+    assert "'out_dir' is now spelled 'output_dir'" in err and "'bf16' is now spelled 'precision'" in err
+    path.write_text("data: vqa.jsonl\nbf16: false\nweights: hf_hub:xiangjx/musk\n")
+    cfg = load_config(VQATrainConfig, path)
+    assert cfg.precision == "fp32" and cfg.weights == "hf_hub:xiangjx/musk"  # hub ids are not paths
+    over = load_config(VQATrainConfig, path, {"output_dir": "elsewhere", "precision": "bfloat16"})
+    assert over.output_dir == "elsewhere" and over.precision == "bf16"   # overrides: cwd-relative
 
 
 def _heads(out: Path) -> dict:

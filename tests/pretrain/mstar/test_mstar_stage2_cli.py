@@ -57,11 +57,11 @@ def test_cli_stage1_mil_init_and_self_taught_on_real_tiles(real_dir, tmp_path, c
     openmusk.save_checkpoint(encoder, tmp_path / "encoder.safetensors")
     tiles, labels = _make_slides(real_dir, tmp_path, encoder)
 
-    stage1 = {"table": "table.csv", "out_dir": "stage1", "aggregator": "transmil", "hidden_dim": 64,
-              "embed_dim": 32, "musk_model": "musk_tiny_patch16_384", "weights": "", "batch_size": 18,
+    stage1 = {"table": "table.csv", "output_dir": "stage1", "aggregator": "transmil", "hidden_dim": 64,
+              "embed_dim": 32, "arch": "musk_tiny_patch16_384", "weights": "random", "batch_size": 18,
               "epochs": 20, "lr": 1e-3, "warmup_epochs": 1, "val_fraction": 0.0}
     (tmp_path / "stage1.yaml").write_text(yaml.safe_dump(stage1))
-    assert main(["mstar", "pretrain-aggregator", str(tmp_path / "stage1.yaml")]) == 0
+    assert main(["mstar", "pretrain-aggregator", str(tmp_path / "stage1.yaml"), "--device", "cpu"]) == 0
     assert "aggregator.safetensors" in capsys.readouterr().out
 
     mil = {"cohort": "table.csv", "features_dir": "features", "output_dir": "mil", "model": "transmil",
@@ -73,12 +73,15 @@ def test_cli_stage1_mil_init_and_self_taught_on_real_tiles(real_dir, tmp_path, c
     log = out.out + out.err
     assert "missing [], unexpected [], mismatched []" in log, log[-2000:]
 
+    # the old spellings out_dir / musk_model still work, with a notice naming the new ones
     stage2 = {"stage1_dir": "stage1", "table": "table.csv", "out_dir": "stage2", "musk_model": "musk_tiny_patch16_384",
               "weights": str(tmp_path / "encoder.safetensors"), "multiscale": False, "img_size": IMG,
               "patches_per_slide": 8, "context_patches": 17, "slides_per_step": 4, "steps": 60, "lr": 3e-4,
               "warmup_steps": 5, "ema_momentum": 0.9, "log_every": 10, "save_every": 30}
     (tmp_path / "stage2.yaml").write_text(yaml.safe_dump(stage2))
     assert main(["mstar", "self-taught", str(tmp_path / "stage2.yaml")]) == 0
+    err = capsys.readouterr().err
+    assert "'out_dir' is now spelled 'output_dir'" in err and "'musk_model' is now spelled 'arch'" in err
     history = read_json(tmp_path / "stage2" / "metrics.json")["history"]
     assert history[-1]["loss"] < 0.5 * history[0]["loss"], history
 
