@@ -16,7 +16,7 @@ def color_stats_encoder(img_size: int = 224, bins: int = 8, name: str = "color_s
     edges = torch.linspace(-1.0, 1.0, bins + 1)[1:-1]
 
     def image_fn(x: torch.Tensor) -> torch.Tensor:
-        flat = x.float().flatten(2)  # (B, 3, HW), values in [-1, 1]
+        flat = x.float().flatten(2).contiguous()  # (B, 3, HW), values in [-1, 1]
         idx = torch.bucketize(flat, edges)
         hist = torch.zeros(*flat.shape[:2], bins).scatter_add_(2, idx, torch.ones_like(flat))
         hist = hist / flat.shape[-1]
