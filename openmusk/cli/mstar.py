@@ -67,14 +67,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     st.set_defaults(func=_self_taught)
 
 
+def _run_stage(args: argparse.Namespace, cls: type, run, name: str, **flags):
+    """Config from the file, ``--set`` and the shared flags, then the stage; None after ``--example``."""
+    return run_configured(args, cls, run, f"mstar {name}", flags={
+        "output_dir": args.out, "device": args.device, "precision": args.precision, **flags})
+
+
 def _pretrain(args: argparse.Namespace) -> int:
     """Run stage 1 and print held-out retrieval."""
     from openmusk.pretrain.mstar.config import AggregatorPretrainConfig
     from openmusk.pretrain.mstar.stage1 import pretrain_aggregator
 
-    done = run_configured(args, AggregatorPretrainConfig, pretrain_aggregator, "mstar pretrain-aggregator",
-                          flags={"output_dir": args.out, "epochs": args.epochs, "device": args.device,
-                                 "precision": args.precision})
+    done = _run_stage(args, AggregatorPretrainConfig, pretrain_aggregator, "pretrain-aggregator", epochs=args.epochs)
     if done is None:
         return 0
     cfg, metrics = done
@@ -93,9 +97,7 @@ def _self_taught(args: argparse.Namespace) -> int:
     from openmusk.pretrain.mstar.config import SelfTaughtConfig
     from openmusk.pretrain.mstar.stage2 import PATCH_ENCODER_WEIGHTS, self_taught
 
-    done = run_configured(args, SelfTaughtConfig, self_taught, "mstar self-taught",
-                          flags={"output_dir": args.out, "steps": args.steps, "device": args.device,
-                                 "precision": args.precision})
+    done = _run_stage(args, SelfTaughtConfig, self_taught, "self-taught", steps=args.steps)
     if done is None:
         return 0
     cfg, metrics = done
