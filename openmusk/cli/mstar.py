@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any, Callable
 
 from openmusk.cli.common import add_config_args, add_output_arg, add_runtime_args, run_configured
 
@@ -67,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     st.set_defaults(func=_self_taught)
 
 
-def _run_stage(args: argparse.Namespace, cls: type, run, name: str, **flags):
+def _run_stage(args: argparse.Namespace, cls: type, run: Callable, name: str, **flags: Any) -> tuple | None:
     """Config from the file, ``--set`` and the shared flags, then the stage; None after ``--example``."""
     return run_configured(args, cls, run, f"mstar {name}", flags={
         "output_dir": args.out, "device": args.device, "precision": args.precision, **flags})

@@ -124,6 +124,7 @@ def evaluate(model: nn.Module, dataset: Dataset, task, config: FitConfig | None 
 
     config = config or FitConfig()
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)  # once, not per batch
     model.eval().to(device)
     loader = DataLoader(dataset, batch_size=max(1, config.batch_size), shuffle=False,
                         collate_fn=collate_fn, num_workers=config.num_workers)
@@ -131,7 +132,7 @@ def evaluate(model: nn.Module, dataset: Dataset, task, config: FitConfig | None 
     attention: dict[str, tuple[np.ndarray, dict]] = {}
     for batch in loader:
         batch = to_device(batch, device)
-        with autocast(device, config.precision):
+        with autocast(device, precision):
             out = model(batch)
         cols = task.predict(out, batch)
         rows.append(pd.DataFrame({"id": batch["id"], **cols}))
@@ -160,6 +161,7 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, task,
     """
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)  # once, not per batch
     model.to(device)
     gen = torch.Generator().manual_seed(config.seed)
     sampler = None
@@ -186,7 +188,7 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, task,
         total, count = 0.0, 0
         for batch in loader:
             batch = to_device(batch, device)
-            with autocast(device, config.precision):
+            with autocast(device, precision):
                 out = model(batch)
             loss = task.loss(out, batch)
             if not torch.isfinite(loss):
@@ -230,12 +232,13 @@ def _table_loss(model: nn.Module, dataset: Dataset, task, config: FitConfig,
                 collate_fn: Callable) -> float:
     """Mean loss over ``dataset`` in evaluation mode (one batch for Cox, which compares patients)."""
     device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)  # once, not per batch
     model.eval()
     bs = len(dataset) if getattr(task, "loss_name", "") == "cox" else max(1, config.batch_size)
     total, count = 0.0, 0
     for batch in DataLoader(dataset, batch_size=bs, shuffle=False, collate_fn=collate_fn):
         batch = to_device(batch, device)
-        with autocast(device, config.precision):
+        with autocast(device, precision):
             out = model(batch)
         total += float(task.loss(out, batch)) * len(batch["id"])
         count += len(batch["id"])

@@ -1,8 +1,8 @@
 """One slide's tiles -> one features file, with any encoder from :mod:`openmusk.encoders`.
 
 Tiles are read at the tiling resolution in DataLoader workers (each opens its own slide handle),
-resized to the encoder's input size when it states one, passed through the encoder's worker
-transform (uint8, MUSK) or its transform (any other), then encoded batch by batch as ``probe``
+passed through the encoder's worker transform (uint8, MUSK) or its transform (any other), which
+also resize them to its input, then encoded batch by batch as ``probe``
 features (unnormalised, MUSK's multiscale CLS by default) and streamed into the TRIDENT/CLAM
 layout by :class:`~openmusk.data.features_h5.FeaturesWriter`, which renames a finished file into
 place.
@@ -34,19 +34,18 @@ __all__ = ["TileDataset", "load_slide_encoder", "tiles_for_slide", "coords_path"
 
 
 class TileDataset(Dataset):
-    """Tiles of one slide read at the tiling mpp, resized to ``out_size`` and passed through
-    ``transform`` (default: a uint8 (S, S, 3) tensor); items are ``(tile, index)``.
+    """Tiles of one slide read at the tiling mpp and passed through ``transform`` (the encoder's,
+    which also sizes them for its input; default: the tile as a uint8 (S, S, 3) tensor); items are
+    ``(tile, index)``.
 
     Each DataLoader worker opens its own slide handle on first use.
     """
 
     def __init__(self, slide_path: str | os.PathLike, coords: np.ndarray, mpp: float, tile_size: int,
-                 out_size: int | None = None, slide_mpp: float | None = None,
-                 transform: Callable[[Image.Image], Any] | None = None):
+                 slide_mpp: float | None = None, transform: Callable[[Image.Image], Any] | None = None):
         self.slide_path = Path(slide_path)
         self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
         self.mpp, self.tile_size = float(mpp), int(tile_size)
-        self.out_size = int(out_size or tile_size)
         self.slide_mpp = slide_mpp
         self.transform = transform
         self._slide: Slide | None = None
@@ -64,8 +63,6 @@ class TileDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Any, int]:
         x, y = (int(v) for v in self.coords[i])
         tile = self._open().read_region((x, y), (self.tile_size, self.tile_size), self.mpp)
-        if self.out_size != self.tile_size:
-            tile = tile.resize((self.out_size, self.out_size), Image.BICUBIC)
         if self.transform is not None:
             return self.transform(tile), i
         return torch.from_numpy(np.asarray(tile).copy()), i
@@ -135,7 +132,7 @@ def extract_slide(slide_path: str | os.PathLike, out_dir: str | os.PathLike, enc
         return SlideResult(name, "no_tissue", 0, time.perf_counter() - start)
     two_stage = getattr(encoder, "worker_transform", None) is not None
     dataset = TileDataset(slide_path, tiles.coords, config.tiling.mpp, config.tiling.tile_size,
-                          out_size=getattr(encoder, "img_size", None), slide_mpp=config.slide_mpp,
+                          slide_mpp=config.slide_mpp,
                           transform=encoder.worker_transform if two_stage else encoder.transform)
     device = torch.device(getattr(encoder, "device", "cpu"))
     loader = DataLoader(dataset, batch_size=config.batch_size, num_workers=config.num_workers,

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from openmusk.data.transforms import get_transform
 from openmusk.encoders import MuskEncoder, ModuleEncoder, OpenClipEncoder, encode_dataset
 from openmusk.model import create_model
 
@@ -29,6 +30,9 @@ def test_musk_encoder_gives_the_papers_two_feature_kinds(tiny):
     # CPU bfloat16 autocast (the GPU path's precision) stays close to float32
     bf = MuskEncoder(tiny, name="tiny", precision="bf16").encode_image(x, "embed")
     assert bf.dtype == torch.float32 and torch.nn.functional.cosine_similarity(bf, emb).min() > 0.98
+    assert (enc.dim("embed"), enc.dim("probe")) == (emb.shape[1], probe.shape[1])
+    single = MuskEncoder(tiny, name="tiny", multiscale=False)
+    assert single.dim("probe") == single.encode_image(x, "probe").shape[1] == tiny.config.embed_dim
     with pytest.raises(ValueError, match="feature kind"):
         enc.encode_image(x, "logits")
 
@@ -56,6 +60,7 @@ def test_adapters_for_open_clip_and_timm_style_models():
     assert not t.has_text and torch.allclose(t.encode_image(x, "probe").norm(dim=1), torch.ones(3))
     with pytest.raises(ValueError, match="num_classes=0"):
         ModuleEncoder(torch.nn.Conv2d(3, 5, 1), transform=None).encode_image(x)
+    assert ModuleEncoder(net, transform=get_transform(8)).dim() == 5     # measured through the transform
 
 def test_split_transform_pipeline_gives_exactly_the_plain_transform_features(tiny, tmp_path, real_dir):
     from openmusk.data.datasets import ImageFolderDataset

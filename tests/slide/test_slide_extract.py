@@ -101,8 +101,7 @@ def test_tiles_reach_the_model_as_the_musk_transform_makes_them(svs_path: Path, 
     import openmusk
 
     enc = load_encoder("musk", model=tiny_model, device="cpu")
-    ds = TileDataset(svs_path, np.array([[700, 1200]]), 0.5, 384, out_size=enc.img_size,
-                     transform=enc.worker_transform)
+    ds = TileDataset(svs_path, np.array([[700, 1200]]), 0.5, 384, transform=enc.worker_transform)
     ours = enc.batch_transform(ds[0][0][None])[0]
     with open_slide(svs_path) as s:
         tile = s.read_region((700, 1200), (384, 384), mpp=0.5)

@@ -177,13 +177,14 @@ def pretrain_aggregator(cfg: AggregatorPretrainConfig, progress: bool = True) ->
 
     from openmusk.core.config import config_to_dict
     from openmusk.core.optim import param_groups
-    from openmusk.core.runtime import autocast, resolve_device
+    from openmusk.core.runtime import autocast, resolve_device, resolve_precision
     from openmusk.mil.models import save_aggregator
     from openmusk.mil.trainer import Optimization, load_resume, save_resume
     from openmusk.model import create_model, save_checkpoint
     from openmusk.text import get_tokenizer
 
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)  # once, not per step
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -237,7 +238,7 @@ def pretrain_aggregator(cfg: AggregatorPretrainConfig, progress: bool = True) ->
         bar = tqdm(range(steps_per_epoch), desc=f"stage 1 epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
         for step in bar:
             batch = [train[i] for i in order[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
-            with autocast(device, cfg.precision):
+            with autocast(device, precision):
                 emb, pres = _forward(model, batch, reports, report_index, cfg.max_patches, rng, device)
                 loss, parts = loss_fn({k: v.float() for k, v in emb.items()}, pres, model.logit_scale)
             opt.step(loss)

@@ -136,12 +136,13 @@ def self_taught(cfg: SelfTaughtConfig, progress: bool = True) -> dict:
 
     from openmusk.core.config import config_to_dict
     from openmusk.core.optim import param_groups
-    from openmusk.core.runtime import autocast, resolve_device
+    from openmusk.core.runtime import autocast, resolve_device, resolve_precision
     from openmusk.encoders import load_encoder
     from openmusk.mil.trainer import Optimization, load_resume, save_resume
     from openmusk.model import save_checkpoint
 
     device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)  # once, not per step
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -152,9 +153,9 @@ def self_taught(cfg: SelfTaughtConfig, progress: bool = True) -> dict:
     if not slides:
         raise ValueError(f"{cfg.table}: no usable slide; problems: {problems}")
     # the student comes from the encoder registry: MUSK, whose vision side is trained and exported
-    student = load_encoder("musk" if cfg.multiscale else "musk_singlescale", weights=cfg.weights or "random",
-                           arch=cfg.arch, device=device).model
-    width = student.config.embed_dim * (2 if cfg.multiscale else 1)
+    encoder = load_encoder("musk" if cfg.multiscale else "musk_singlescale", weights=cfg.weights or "random",
+                           arch=cfg.arch, device=device)
+    student, width = encoder.model, encoder.dim("probe")
     if width != in_dim:
         raise ValueError(f"the encoder gives {width}-d features (multiscale={cfg.multiscale}) but the stage-1 "
                          f"aggregator takes {in_dim}-d: use the encoder and setting that extracted the features")
@@ -201,13 +202,13 @@ def self_taught(cfg: SelfTaughtConfig, progress: bool = True) -> dict:
                 if not active:
                     raise RuntimeError(f"every slide failed to read; problems: {problems}") from e
                 continue
-            with torch.no_grad(), autocast(device, cfg.precision):
+            with torch.no_grad(), autocast(device, precision):
                 teach = patch_features(teacher, tiles, cfg.multiscale).float()
                 if len(ctx):
                     context = torch.from_numpy(read_feature_rows(slide.features, ctx)).to(device)
                     teach = torch.cat([teach, context])
                 target = aggregator_tokens(aggregator, teach)[:len(rows)]
-            with autocast(device, cfg.precision):
+            with autocast(device, precision):
                 pred = head(patch_features(student, tiles, cfg.multiscale))
             losses.append(_loss(pred, target, cfg.loss))
         if not losses:
