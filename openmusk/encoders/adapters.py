@@ -1,5 +1,5 @@
 """Other foundation models as encoders, so slide features and benchmarks can compare them with
-MUSK: open_clip (CONCH, PLIP, QuiltNet ...), timm (UNI, Virchow, Prov-GigaPath ...) and Hugging
+MUSK: open_clip (BiomedCLIP, QuiltNet ...), timm (any timm or timm hub model) and Hugging
 Face transformers vision models. Each library is imported only when its encoder is built."""
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class OpenClipEncoder(CallableEncoder):
 @register_encoder("open_clip", "an open_clip model by name (pip install open_clip_torch)")
 def open_clip_encoder(model: str, weights: str | bool | None = None, device: Any = None,
                       precision: str | None = None, name: str | None = None) -> OpenClipEncoder:
-    """An open_clip model, e.g. ``model="hf-hub:MahmoodLab/conch"``; ``weights`` is its pretrained
+    """An open_clip model, e.g. ``model="ViT-B-16"`` or an ``hf-hub:`` open_clip repo; ``weights`` is its pretrained
     tag or file (None: what the name brings, i.e. the hub weights of an ``hf-hub:`` model);
     False gives random weights (an architecture name only: ``hf-hub:`` models always load theirs)."""
     try:

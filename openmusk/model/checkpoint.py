@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from ..core.io import atomic_path
+from ..core.io import CheckpointFileError, atomic_path, torch_load
 from .config import MuskConfig
 from .hub import resolve_weights
 from .musk import POSITION_OFFSET, Musk, interpolate_positions
@@ -74,9 +74,9 @@ class CheckpointReader:
     @staticmethod
     def _torch_load(path: str) -> dict[str, torch.Tensor]:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) files cannot be memory-mapped
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch_load(path, mmap=True)
+        except CheckpointFileError:  # legacy (non-zip) files cannot be memory-mapped
+            obj = torch_load(path)
         for key in _WRAPPER_KEYS:
             if isinstance(obj, dict) and isinstance(obj.get(key), dict):
                 obj = obj[key]

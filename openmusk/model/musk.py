@@ -21,6 +21,7 @@ from .layers import EncoderLayer, Multiway, Packing, init_weights
 __all__ = ["Musk", "interpolate_positions"]
 
 POSITION_OFFSET = 2  # rows 0 and 1 of each position table are reserved (fairseq convention)
+PAD_ID = 1  # <pad> in the tokenizer's XLM-R id convention: the padding a missing padding_mask marks
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
 
 
@@ -43,11 +44,26 @@ def interpolate_positions(table: torch.Tensor, grid: int) -> torch.Tensor:
     return torch.cat([keep, patches], dim=0)
 
 
+def _text_inputs(input_ids, padding_mask: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids and padding mask from ``(ids, mask)`` or ids alone (padding where the id is ``<pad>``)."""
+    if isinstance(input_ids, tuple) and len(input_ids) == 2 and padding_mask is None:
+        input_ids, padding_mask = input_ids
+    if padding_mask is None:
+        padding_mask = (input_ids == PAD_ID).to(torch.long)
+    return input_ids, padding_mask
+
+
 class VisionEmbedding(nn.Module):
-    """Conv patchify, optional mask-token replacement, CLS prepended."""
+    """Conv patchify, optional mask-token replacement, CLS prepended.
+
+    ``num_patches``, ``patch_shape`` and ``num_position_embeddings()`` are the attributes the
+    authors' ``utils.load_model_and_may_interpolate`` (used by TRIDENT) reads to resize positions.
+    """
 
     def __init__(self, cfg: MuskConfig):
         super().__init__()
+        self.num_patches = cfg.num_patches
+        self.patch_shape = (cfg.grid_size, cfg.grid_size)
         self.proj = nn.Conv2d(3, cfg.embed_dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
@@ -60,6 +76,10 @@ class VisionEmbedding(nn.Module):
                                  f"(batch, patches) = {tuple(x.shape[:2])}")
             x = torch.where(vision_mask.bool().unsqueeze(-1), self.mask_token.to(x.dtype), x)
         return torch.cat([self.cls_token.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+
+    def num_position_embeddings(self) -> int:
+        """Positions an image takes at the configured size: the patches and the CLS."""
+        return self.num_patches + 1
 
 
 class MultiwayEncoder(nn.Module):
@@ -171,8 +191,7 @@ class Musk(nn.Module):
             split = parts[0].shape[1]
             pads.append(torch.zeros(parts[0].shape[:2], dtype=torch.bool, device=parts[0].device))
         if input_ids is not None:
-            if padding_mask is None:
-                padding_mask = torch.zeros_like(input_ids)
+            input_ids, padding_mask = _text_inputs(input_ids, padding_mask)
             if padding_mask.shape != input_ids.shape:
                 raise ValueError(f"padding_mask {tuple(padding_mask.shape)} does not match input_ids "
                                  f"{tuple(input_ids.shape)}")
@@ -246,10 +265,11 @@ class Musk(nn.Module):
 
         Padded positions are never computed: the real tokens of the batch are packed into one
         row for every per-token operation and unpacked only for attention. No real token attends
-        to padding, so the result equals the full-length computation.
+        to padding, so the result equals the full-length computation. ``input_ids`` may be the
+        tokenizer's ``(input_ids, padding_mask)`` output as it is (open_clip's habit); without a
+        ``padding_mask`` the ``<pad>`` ids mark the padding.
         """
-        if padding_mask is None:
-            padding_mask = torch.zeros_like(input_ids)
+        input_ids, padding_mask = _text_inputs(input_ids, padding_mask)
         b, n = input_ids.shape
         keep = padding_mask == 0
         if not bool(keep[:, 0].all()):

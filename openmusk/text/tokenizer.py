@@ -12,6 +12,7 @@ import functools
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import sentencepiece as spm
 import torch
@@ -29,13 +30,27 @@ _SPM_WORD_START = "\u2581"
 Ids = Sequence[int] | torch.Tensor
 
 
+class TokenBatch(NamedTuple):
+    """What the tokenizer returns: unpacks as ``ids, pad = tok(texts)`` and passes as it is to
+    ``model.encode_text(tok(texts))`` (open_clip's habit); ``.to(device)`` moves both tensors."""
+
+    input_ids: torch.Tensor
+    padding_mask: torch.Tensor
+
+    def to(self, *args, **kwargs) -> "TokenBatch":
+        """Both tensors moved (``.to(device)``); a dtype applies to neither, ids stay integers."""
+        args = tuple(a for a in args if not isinstance(a, torch.dtype))
+        kwargs.pop("dtype", None)
+        return TokenBatch(self.input_ids.to(*args, **kwargs), self.padding_mask.to(*args, **kwargs))
+
+
 def default_model_path() -> Path:
     """Path of the SentencePiece model shipped in the package."""
     return Path(__file__).resolve().parents[1] / "assets" / "musk_tokenizer.spm"
 
 
 class MuskTokenizer:
-    """Tokenizer for MUSK texts: ``tok(texts, max_len=100) -> (input_ids, padding_mask)``."""
+    """Tokenizer for MUSK texts: ``tok(texts, max_len=100) -> TokenBatch(input_ids, padding_mask)``."""
 
     def __init__(self, path: str | Path | None = None) -> None:
         """Load the SentencePiece model at ``path`` (default: the one shipped in the package)."""
@@ -105,7 +120,7 @@ class MuskTokenizer:
         ids = self._pieces_batch([text])[0]
         return [BOS_ID, *ids, EOS_ID] if add_special_tokens else ids
 
-    def _pack(self, windows: list[list[int]], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _pack(self, windows: list[list[int]], max_len: int) -> TokenBatch:
         """Wrap each piece window with ``<s>``/``</s>`` and right-pad to ``max_len``."""
         input_ids = torch.full((len(windows), max_len), PAD_ID, dtype=torch.long)
         padding_mask = torch.ones((len(windows), max_len), dtype=torch.long)
@@ -113,11 +128,11 @@ class MuskTokenizer:
             ids = [BOS_ID, *pieces[: max_len - 2], EOS_ID]
             input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             padding_mask[row, : len(ids)] = 0
-        return input_ids, padding_mask
+        return TokenBatch(input_ids, padding_mask)
 
     def __call__(
         self, texts: str | Sequence[str], max_len: int = DEFAULT_MAX_LEN
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> TokenBatch:
         """Tokenise, truncate to ``max_len - 2`` pieces, wrap and pad: ``(input_ids, padding_mask)``."""
         if max_len < 2:
             raise ValueError(f"max_len must be at least 2 (for <s> and </s>), got {max_len}")
@@ -126,7 +141,7 @@ class MuskTokenizer:
 
     def encode_chunks(
         self, text: str, max_len: int = DEFAULT_MAX_LEN, stride: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> TokenBatch:
         """Windows of ``max_len - 2`` pieces of a long text, one every ``stride`` pieces, each wrapped."""
         width = max_len - 2
         if width < 1:
@@ -165,6 +180,22 @@ def _cached(path: str | None) -> MuskTokenizer:
     return MuskTokenizer(path)
 
 
-def get_tokenizer(path: str | Path | None = None) -> MuskTokenizer:
-    """The MUSK tokenizer (cached), over ``path`` or the SentencePiece model shipped in the package."""
-    return _cached(None if path is None else str(Path(path).resolve()))
+def get_tokenizer(name_or_path: str | Path | None = None) -> MuskTokenizer:
+    """The MUSK tokenizer (cached), as open_clip's ``get_tokenizer(model_name)``.
+
+    ``name_or_path``: None, a model name (``musk_large_patch16_384``, any ``list_models()`` name,
+    ``musk``) or a hub source (``hf-hub:xiangjx/musk``): the SentencePiece model shipped in the
+    package, which every MUSK model uses; else the path of a SentencePiece model file.
+    """
+    from openmusk.model.config import CONFIGS
+    from openmusk.model.hub import is_hub_source
+
+    if name_or_path is None or str(name_or_path) in CONFIGS or str(name_or_path) == "musk" \
+            or is_hub_source(str(name_or_path)):
+        return _cached(None)
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"get_tokenizer({str(name_or_path)!r}): neither a MUSK model name "
+                                f"({', '.join(sorted(CONFIGS))}, musk, hf_hub:...) nor a SentencePiece "
+                                "model file")
+    return _cached(str(path.resolve()))

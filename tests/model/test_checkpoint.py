@@ -150,9 +150,10 @@ def test_missing_hub_weights_explain_how_to_get_them(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HOME", str(tmp_path))   # no authors' cache (~/.cache/model.safetensors) either
     with pytest.raises(openmusk.WeightsNotFoundError) as err:
         openmusk.resolve_weights("hf_hub:xiangjx/musk", cache_dir=str(tmp_path))
-    assert "huggingface-cli login" in str(err.value) and "accept the licence" in str(err.value)
+    assert "hf auth login" in str(err.value) and "accept the licence" in str(err.value)
     assert not openmusk.weights_available("hf_hub:xiangjx/musk", cache_dir=str(tmp_path))
     with pytest.raises(openmusk.WeightsNotFoundError, match="nope.safetensors"):
         openmusk.resolve_weights(str(tmp_path / "nope.safetensors"))
