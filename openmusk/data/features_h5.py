@@ -3,10 +3,13 @@
 Layout (TRIDENT/CLAM, what users' MIL code already reads):
 
 * ``features`` float32 (N, D), attributes naming the encoder that made it: ``encoder`` (registry
-  name), ``encoder_spec`` (JSON of the factory arguments), ``encoder_weights``, ``feature_dim``,
+  name), ``encoder_name`` (the feature's name: ``musk_multiscale`` 2048-d or ``musk`` 1024-d for
+  MUSK), ``encoder_spec`` (JSON of the factory arguments), ``encoder_weights``, ``feature_dim``,
   ``feature_kind``, ``precision``, ``encoder_version`` (openmusk version), ``name`` (slide).
 * ``coords`` int64 (N, 2), level-0 top-left pixel of each tile, attributes ``patch_size``,
   ``patch_size_level0``, ``level0_magnification``, ``target_magnification``, ``overlap``, ``name``…
+  with TRIDENT's meanings, or CLAM's (``patch_level``, ``patch_size`` at that level) in the CLAM
+  layout; :func:`patch_size_level0` reads the tile side from either (see ``openmusk.slide.tiling``).
 
 A coords-only file (tiling without encoding) has just ``coords``. Writers go to a temporary file
 that is renamed into place, so a file that exists is complete. Readers accept TRIDENT's and CLAM's
@@ -26,7 +29,8 @@ import numpy as np
 
 __all__ = ["SlideFeatures", "FeaturesFileError", "FeaturesWriter", "write_features", "read_features",
            "read_slide_features", "read_feature_rows", "features_shape", "check_features_file",
-           "read_encoder_info", "write_coords_file", "read_coords_file", "write_arrays", "read_arrays", "read_attrs"]
+           "read_encoder_info", "write_coords_file", "read_coords_file", "write_arrays", "read_arrays", "read_attrs",
+           "patch_size_level0"]
 
 
 class FeaturesFileError(ValueError):
@@ -296,6 +300,43 @@ def read_coords_file(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any
     except OSError as e:
         raise FeaturesFileError(f"{path}: not a readable HDF5 coords file ({e})") from e
     return coords, attrs
+
+
+def patch_size_level0(attrs: Mapping[str, Any], level_downsamples: Sequence[float] | None = None,
+                      coords: np.ndarray | None = None, where: Any = "coords") -> int:
+    """Side of one tile in level-0 pixels, from whichever tool wrote the coords attributes.
+
+    * openmusk / TRIDENT: ``patch_size_level0``.
+    * CLAM (``patch_level``, ``patch_size`` = side **at** ``patch_level``): ``patch_size`` times that
+      level's downsample (its ``downsample`` attribute, else ``level_downsamples``), as CLAM's
+      ``StitchCoords`` computes it.
+    * TRIDENT without it: ``round(patch_size * level0_magnification / target_magnification)`` (its patcher).
+    * No attributes (CLAM's features files): the grid step of the coords, when they lie on a grid.
+    """
+    if "patch_size_level0" in attrs:
+        return int(attrs["patch_size_level0"])
+    if "patch_level" in attrs and "patch_size" in attrs:
+        level = int(attrs["patch_level"])
+        if "downsample" in attrs:
+            ds = float(np.ravel(attrs["downsample"])[0])
+        elif level == 0:
+            ds = 1.0
+        elif level_downsamples is not None and level < len(level_downsamples):
+            ds = float(level_downsamples[level])
+        else:
+            raise FeaturesFileError(f"{where}: CLAM coords at patch_level {level} need the slide's level "
+                                    "downsamples to size the tiles")
+        return int(round(float(attrs["patch_size"]) * ds))
+    if {"patch_size", "level0_magnification", "target_magnification"} <= set(attrs):
+        return int(round(float(attrs["patch_size"]) * float(attrs["level0_magnification"])
+                         / float(attrs["target_magnification"])))
+    if coords is not None and len(coords) > 1:
+        steps = [np.diff(np.unique(np.asarray(coords)[:, i])) for i in (0, 1)]
+        steps = [st[st > 0].min() for st in steps if (st > 0).any()]
+        if steps:
+            return int(min(steps))
+    raise FeaturesFileError(f"{where}: cannot tell the tile size: no 'patch_size_level0', no CLAM "
+                            "'patch_level' + 'patch_size', no TRIDENT magnifications, and the coords form no grid")
 
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:

@@ -36,6 +36,8 @@ class ExtractConfig:
     device: str = "auto"             # auto: cuda:LOCAL_RANK when available, else cpu
     slide_mpp: float | None = None   # level-0 µm/px for files that state none (PNG/JPEG, some TIFFs)
     segment_mpp: float = 8.0         # thumbnail resolution for tissue segmentation
+    layout: str = "openmusk"         # output folders: openmusk | trident | clam (their tools read them as is)
+    coords_dir: str | None = path_field(None)   # encode exactly these tiles (TRIDENT/CLAM coords files)
     tiling: TilingConfig = field(default_factory=TilingConfig)
     segmenter: ClassicalSegmenter = field(default_factory=ClassicalSegmenter)
 
@@ -46,6 +48,8 @@ class ExtractConfig:
         if self.batch_size < 1 or self.num_workers < 0:
             raise ValueError(f"batch_size must be >= 1 and num_workers >= 0, got {self.batch_size}, "
                              f"{self.num_workers}")
+        if self.layout not in ("openmusk", "trident", "clam"):
+            raise ValueError(f"layout must be openmusk, trident or clam, got {self.layout!r}")
         if self.encoder not in MUSK_ENCODERS and (self.arch is not None or not self.multiscale):
             raise ValueError(f"arch and multiscale are MUSK options; encoder {self.encoder!r} takes its "
                              "options from encoder_kwargs")
