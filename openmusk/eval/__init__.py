@@ -1,5 +1,6 @@
 """Patch-level benchmarks: zero-shot classification, cross-modal and image retrieval, linear,
-few-shot and kNN probes, with bootstrap confidence intervals, model comparisons and reports.
+few-shot and kNN probes, with bootstrap confidence intervals, model comparisons and reports, under
+the MUSK authors' protocol (``musk-paper``) or CLIP_benchmark's, on the datasets as published.
 
 >>> from openmusk.eval import load_eval_config, run_eval, write_report
 >>> run_eval(load_eval_config("bench.yaml")); write_report("eval_results")
@@ -22,7 +23,8 @@ _LAZY = {
     "compare_results": "openmusk.eval.compare",
     "EvalConfig": "openmusk.eval.config", "ModelEntry": "openmusk.eval.config",
     "DatasetEntry": "openmusk.eval.config", "load_eval_config": "openmusk.eval.config",
-    "run_eval": "openmusk.eval.runner",
+    "run_eval": "openmusk.eval.runner", "paper_grid_config": "openmusk.eval.config",
+    "READERS": "openmusk.eval.datasets", "PROTOCOLS": "openmusk.eval.specs",
     "load_results": "openmusk.eval.report", "write_report": "openmusk.eval.report",
     "format_table": "openmusk.eval.report", "results_rows": "openmusk.eval.report",
 }

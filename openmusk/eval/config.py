@@ -4,12 +4,20 @@
 output_dir: results
 models:
   - {name: musk, kind: musk, pretrained: "hf_hub:xiangjx/musk"}
-  - {name: conch, kind: open_clip, model: "hf-hub:MahmoodLab/conch"}
+  - {name: conch, kind: conch}          # CONCH's own package; plip, uni, virchow, gigapath alike
   - {name: vit_random, kind: timm, model: vit_small_patch16_224, pretrained: false}
 datasets:
   - {spec: unitopatho, root: /data/unitopatho}
   - {spec: my_dataset.yaml, root: /data/mine, tasks: [linear_probe, knn]}
 ```
+
+``protocol`` chooses how tasks are computed: ``clip-benchmark`` (LAION CLIP_benchmark defaults:
+re-normalised zero-shot class embeddings, scikit-learn logistic-regression probes, retrieval on
+the test split) or ``musk-paper`` (the MUSK authors' code, number for number; see
+:mod:`openmusk.eval.paper`). Unset, each dataset spec's own ``protocol`` applies (``musk-paper`` for
+the paper's datasets). ``data_root`` holds one folder per dataset, named as its spec, for the
+datasets given without ``root``. ``openmusk eval run --paper`` runs the paper's grid
+(``openmusk/eval/paper_grid.yaml``).
 
 Read with ``load_config(EvalConfig, "bench.yaml")`` (:mod:`openmusk.core.config`): relative
 ``output_dir``, ``cache_dir``, dataset ``root``, ``.yaml`` spec paths and local weight files
@@ -24,10 +32,12 @@ from typing import Any, ClassVar, Mapping, Optional, Union
 
 from openmusk.core.config import config_from_dict, example_yaml, load_config, notice, path_field
 from openmusk.core.runtime import DEFAULT_DEVICE, DEFAULT_PRECISION, normalize_precision
-from openmusk.eval.specs import TASKS
+from openmusk.eval.specs import TASKS, normalize_protocol
 
 __all__ = ["ModelEntry", "DatasetEntry", "EvalConfig", "load_eval_config", "model_kinds", "example_eval_yaml",
-           "is_weights_file"]
+           "is_weights_file", "paper_grid_config", "PAPER_GRID"]
+
+PAPER_GRID = Path(__file__).with_name("paper_grid.yaml")
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
 _MUSK_KINDS = ("musk", "musk_singlescale")
@@ -141,11 +151,13 @@ class DatasetEntry:
     test_split: str = "test"
     val_split: Optional[str] = None
     retrieval_splits: Optional[list[str]] = None
+    protocol: Optional[str] = None          # None: the run's, else the spec's
 
     def __post_init__(self) -> None:
         bad = [t for t in (self.tasks or []) if t not in TASKS]
         if bad:
             raise ValueError(f"dataset {self.spec!r}: unknown task(s) {bad}; known: {TASKS}")
+        self.protocol = normalize_protocol(self.protocol, f"dataset {self.spec!r} protocol")
 
 
 @dataclass
@@ -155,6 +167,8 @@ class EvalConfig:
     models: list[ModelEntry]
     datasets: list[DatasetEntry]
     output_dir: str = path_field("eval_results")
+    data_root: Optional[str] = path_field(None)   # <data_root>/<spec name> for datasets without root
+    protocol: Optional[str] = None                # clip-benchmark | musk-paper; None: each spec's
     cache_dir: Optional[str] = path_field(None)   # None: output_dir/features
     device: str = DEFAULT_DEVICE
     precision: str = DEFAULT_PRECISION
@@ -180,6 +194,7 @@ class EvalConfig:
         if not self.models or not self.datasets:
             raise ValueError("an eval config needs at least one model and one dataset")
         self.precision = normalize_precision(self.precision)
+        self.protocol = normalize_protocol(self.protocol)
         if self.cache_dir is None:
             self.cache_dir = str(Path(self.output_dir) / "features")
 
@@ -187,6 +202,18 @@ class EvalConfig:
 def load_eval_config(path: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> EvalConfig:
     """A run YAML read by :func:`openmusk.core.config.load_config` (``overrides``: ``--set`` keys)."""
     return load_config(EvalConfig, path, overrides)
+
+
+def paper_grid_config(overrides: Mapping[str, Any] | None = None) -> EvalConfig:
+    """The MUSK paper's patch-benchmark grid (``paper_grid.yaml``: the released MUSK on the
+    paper's datasets and tasks, ``protocol: musk-paper``) with ``overrides`` (e.g. ``data_root``,
+    ``output_dir``) applied; relative paths stay relative to the working directory."""
+    import yaml
+
+    from openmusk.core.config import replace_config
+
+    cfg = config_from_dict(EvalConfig, yaml.safe_load(PAPER_GRID.read_text()), str(PAPER_GRID))
+    return replace_config(cfg, dict(overrides or {}), "--paper override")
 
 
 def example_eval_yaml() -> str:

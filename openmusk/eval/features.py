@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from openmusk.core.io import safe_filename
 from openmusk.data.datasets import ImageDataset
 from openmusk.data.features_h5 import FeaturesFileError, read_arrays, read_attrs, write_arrays
 from openmusk.encoders import FeatureSet, encode_dataset, encode_texts, encoder_info
@@ -25,14 +25,10 @@ from openmusk.encoders import FeatureSet, encode_dataset, encode_texts, encoder_
 __all__ = ["cached_features", "cached_text_features", "cache_path"]
 
 
-def _safe(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(s)) or "_"
-
-
 def cache_path(cache_dir: str | os.PathLike, model: str, dataset: str, split: str | None,
                kind: str) -> Path:
     """Where the features of (model, dataset, split, kind) live."""
-    return Path(cache_dir) / _safe(model) / _safe(dataset) / f"{_safe(split or 'all')}-{kind}.h5"
+    return Path(cache_dir) / safe_filename(model) / safe_filename(dataset) / f"{safe_filename(split or 'all')}-{kind}.h5"
 
 
 def _write(path: Path, fs: FeatureSet, attrs: dict[str, Any]) -> None:

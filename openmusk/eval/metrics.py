@@ -22,10 +22,14 @@ __all__ = ["label_metrics", "CLASSIFICATION_METRICS", "retrieval_ranks", "recall
 
 
 def _confusion(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    """Confusion counts (true class x predicted class) by one ``bincount``."""
-    t, p = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
-    n = int(max(t.max(initial=0), p.max(initial=0))) + 1
-    return np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+    """Confusion counts (true class x predicted class) over the union of the labels seen, as
+    scikit-learn does (so a label such as -1 is its own class, never another class's cell)."""
+    t, p = np.asarray(y_true, dtype=np.int64).ravel(), np.asarray(y_pred, dtype=np.int64).ravel()
+    if len(t) != len(p):
+        raise ValueError(f"metrics: {len(t)} true labels but {len(p)} predictions")
+    _, inv = np.unique(np.concatenate([t, p]), return_inverse=True)
+    n = int(inv.max(initial=0)) + 1
+    return np.bincount(inv[:len(t)] * n + inv[len(t):], minlength=n * n).reshape(n, n)
 
 
 def _accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -61,8 +65,8 @@ def label_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, flo
     return {k: f(t, p) for k, f in CLASSIFICATION_METRICS.items()}
 
 
-def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).float()
+def _as_tensor(x: np.ndarray | torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(dtype)
 
 
 @torch.no_grad()
@@ -101,8 +105,12 @@ def recall_at_k(ranks: np.ndarray, k: int) -> np.ndarray:
 
 @torch.no_grad()
 def nearest_neighbors(features: np.ndarray | torch.Tensor, k: int, chunk: int = 1024) -> np.ndarray:
-    """Indices of the k nearest other items (Euclidean), ties by lower index; (n, k)."""
-    x = _as_tensor(features)
+    """Indices of the k nearest other items (Euclidean), ties by lower index; (n, k).
+
+    Distances are computed in float64: in float32 the expansion |a|^2 + |b|^2 - 2ab loses the
+    small differences between raw-scale (unnormalised) features and misorders neighbours.
+    """
+    x = _as_tensor(features, torch.float64)
     n = len(x)
     if k >= n:
         raise ValueError(f"image retrieval: k={k} needs more than {n} items")

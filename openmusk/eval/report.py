@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from openmusk.core.io import atomic_path, read_json, save_figure
+from openmusk.core.stats import PAPER_WILCOXON_WARNING
 
 __all__ = ["load_results", "results_rows", "format_table", "comparison_rows", "write_report"]
 
@@ -45,8 +46,10 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, body)])
 
 
-def comparison_rows(results: list[dict], n_resamples: int = 1000, seed: int = 0) -> list[dict]:
-    """Each model against the alphabetically first model on every shared dataset/task/metric."""
+def comparison_rows(results: list[dict], n_resamples: int = 1000, seed: int = 0,
+                    method: str = "paired") -> list[dict]:
+    """Each model against the alphabetically first model on every shared dataset/task/metric
+    (``method``: valid paired tests, or ``paper`` for the paper's Wilcoxon-on-bootstrap)."""
     from openmusk.eval.compare import compare_results
 
     by_cell: dict[tuple[str, str], dict[str, dict]] = {}
@@ -57,7 +60,7 @@ def comparison_rows(results: list[dict], n_resamples: int = 1000, seed: int = 0)
         names = sorted(models)
         for other in names[1:]:
             try:
-                tests = compare_results(models[other], models[names[0]], n_resamples, seed)
+                tests = compare_results(models[other], models[names[0]], n_resamples, seed, method)
             except (ValueError, KeyError) as e:
                 rows.append({"dataset": dataset, "task": task, "metric": "-", "model": other,
                              "reference": names[0], "test": "not comparable", "p_value": float("nan"),
@@ -100,14 +103,14 @@ def _bar_chart(rows: list[dict], title: str, path: Path) -> None:
 
 
 def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                 n_resamples: int = 1000) -> dict[str, Path]:
+                 n_resamples: int = 1000, method: str = "paired") -> dict[str, Path]:
     """Write ``report.md``, ``report.html`` and ``figures/*.png``; returns their paths."""
     results = load_results(results_dir)
     if not results:
         raise ValueError(f"{results_dir}: no result files (<model>/<dataset>/<task>.json)")
     out = Path(out_dir or results_dir)
     rows = results_rows(results)
-    comps = comparison_rows(results, n_resamples=n_resamples)
+    comps = comparison_rows(results, n_resamples=n_resamples, method=method)
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["dataset"], r["task"]), []).append(r)
@@ -137,7 +140,9 @@ def write_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike | No
               for r in g]
         h.append("</table>")
     if comps:
-        md += ["## Model comparisons", "", "| dataset | task | metric | model | vs | test | p | mean diff |",
+        md += ["## Model comparisons", "",
+               *([f"> Warning: {PAPER_WILCOXON_WARNING}", ""] if method == "paper" else []),
+               "| dataset | task | metric | model | vs | test | p | mean diff |",
                "|---|---|---|---|---|---|---|---|"]
         md += [f"| {c['dataset']} | {c['task']} | {c['metric']} | {c['model']} | {c['reference']} | "
                f"{c['test']} | {c['p_value']:.3g} | {c['mean_difference']:+.4f} |" for c in comps]

@@ -6,7 +6,9 @@ Both are read by :func:`openmusk.core.config.load_config`. A spec's ``path`` and
 relative to the dataset's root folder: the run config's ``root``, else the spec's own ``root``
 (which, like every path in a config file, is relative to the spec file).
 :func:`build_dataset` turns a spec + a root folder + a split into a dataset from
-:mod:`openmusk.data.datasets`.
+:mod:`openmusk.data.datasets`, or, for ``format: published``, from the reader of
+:mod:`openmusk.eval.datasets` named by ``reader`` that reads the files as their owners publish
+them (``splits`` then maps the run's split names to the reader's).
 """
 from __future__ import annotations
 
@@ -18,11 +20,32 @@ from typing import Callable, Optional
 from openmusk.core.config import load_config, path_field
 
 __all__ = ["DatasetSpec", "get_dataset_spec", "list_dataset_specs", "load_dataset_spec",
-           "build_dataset", "REGISTRY_DIR", "FORMATS", "TASKS"]
+           "build_dataset", "REGISTRY_DIR", "FORMATS", "TASKS", "PROTOCOLS", "PAPER_PROTOCOL",
+           "normalize_protocol"]
 
 REGISTRY_DIR = Path(__file__).with_name("registry")
-FORMATS = ("folder", "csv", "shards", "parquet")
+FORMATS = ("folder", "csv", "shards", "parquet", "published")
 TASKS = ("zeroshot", "retrieval", "image_retrieval", "linear_probe", "few_shot", "knn")
+PAPER_PROTOCOL = "musk-paper"
+PROTOCOLS = ("clip-benchmark", PAPER_PROTOCOL)
+_OTHER_PROTOCOL_SPELLINGS = {"default": "clip-benchmark", "clip_benchmark": "clip-benchmark",
+                             "musk_paper": PAPER_PROTOCOL, "paper": PAPER_PROTOCOL}
+
+
+def normalize_protocol(name: str | None, where: str = "protocol") -> str | None:
+    """A protocol name in its current spelling (other spellings accepted with a notice):
+    ``musk-paper`` (the authors' code, :mod:`openmusk.eval.paper`) or ``clip-benchmark``."""
+    if name is None:
+        return None
+    from openmusk.core.config import notice
+
+    key = str(name).strip().lower()
+    if key in _OTHER_PROTOCOL_SPELLINGS:
+        notice(f"{where}: {name!r} is now spelled {_OTHER_PROTOCOL_SPELLINGS[key]!r}")
+        key = _OTHER_PROTOCOL_SPELLINGS[key]
+    if key not in PROTOCOLS:
+        raise ValueError(f"{where} must be one of {PROTOCOLS}, got {name!r}")
+    return key
 
 
 @dataclass
@@ -42,6 +65,10 @@ class DatasetSpec:
     label_column: Optional[str] = "label"
     caption_column: Optional[str] = None
     tasks: list[str] = field(default_factory=list)
+    reader: Optional[str] = None            # format published: a reader of openmusk.eval.datasets
+    reader_options: dict = field(default_factory=dict)
+    protocol: str = "clip-benchmark"        # the default protocol of this dataset (musk-paper, ...)
+    retrieval_splits: Optional[list[str]] = None   # image retrieval gallery (None: the test split)
     description: str = ""
     reference: str = ""
 
@@ -60,6 +87,13 @@ class DatasetSpec:
             raise ValueError(f"{where}: label_map values {out_of_range} are outside the "
                              f"{len(self.classes)} classes")
         self.label_map = {str(k): int(v) for k, v in self.label_map.items()}
+        self.protocol = normalize_protocol(self.protocol, f"{where} protocol")
+        if self.format == "published":
+            from openmusk.eval.datasets import READERS
+
+            if self.reader not in READERS:
+                raise ValueError(f"{where}: format published needs reader: one of {sorted(READERS)}, "
+                                 f"got {self.reader!r}")
 
 
 def load_dataset_spec(path: str | os.PathLike) -> DatasetSpec:
@@ -94,6 +128,20 @@ def build_dataset(spec: DatasetSpec, root: str | os.PathLike | None = None, spli
         raise ValueError(f"dataset spec {spec.name!r}: where is its data? give root: in the run config "
                          "(or in the spec)")
     root = Path(root if root is not None else spec.root)
+    if spec.format == "published":
+        from openmusk.eval.datasets import READERS
+
+        if split is not None and split not in spec.splits:
+            raise ValueError(f"dataset spec {spec.name!r} has no split {split!r}; splits: {sorted(spec.splits)}")
+        ds = READERS[spec.reader](root, spec.splits[split] if split is not None else None,
+                                  **spec.reader_options)
+        ds.transform, ds.name = transform, spec.name
+        if spec.classes and ds.classes is not None:
+            if len(ds.classes) != len(spec.classes):
+                raise ValueError(f"dataset spec {spec.name!r}: {len(spec.classes)} classes but its reader "
+                                 f"{spec.reader!r} gives {len(ds.classes)}: {ds.classes}")
+            ds.classes = list(spec.classes)  # the spec's (prompt) names for the reader's indices
+        return ds
     if split is not None and split in spec.splits:
         location, split_filter = root / spec.splits[split], None
     elif split is not None and spec.split_column:

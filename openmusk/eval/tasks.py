@@ -171,8 +171,8 @@ def few_shot(train_x: np.ndarray, train_y: Sequence[int], test_x: np.ndarray, te
             bal.append(float(balanced_accuracy_score(test_y, pred)))
             acc.append(float(accuracy_score(test_y, pred)))
         per_seed[str(k)] = {"balanced_accuracy": bal, "accuracy": acc}
-        metrics[f"balanced_accuracy@{k}shot"] = mean_ci(bal).to_dict()
-        metrics[f"accuracy@{k}shot"] = mean_ci(acc).to_dict()
+        metrics[f"balanced_accuracy@{k}shot"] = mean_ci(bal, bounds=(0.0, 1.0)).to_dict()
+        metrics[f"accuracy@{k}shot"] = mean_ci(acc, bounds=(0.0, 1.0)).to_dict()
     if not metrics:
         raise ValueError(f"few-shot: every class needs at least min(shots)={min(shots)} training items; "
                          f"the smallest class has {min_count}")

@@ -31,17 +31,25 @@ def _binary_auc(y: np.ndarray, s: np.ndarray) -> float:
 
 
 def roc_auc(labels: Sequence[int], scores: np.ndarray) -> float:
-    """Binary AUC (scores (N,) or (N, 2)) or macro one-vs-rest AUC for (N, C) class scores."""
+    """Binary AUC (scores (N,) or (N, 2)) or macro one-vs-rest AUC for (N, C) class scores.
+
+    Binary labels may be any two values; the larger one is the positive class, as in scikit-learn
+    (labels {1, 2}: 2 is positive). Multi-class labels must be 0..C-1, one per score column.
+    """
     y = np.asarray(labels).astype(int)
     s = np.asarray(scores, float)
+    if not np.isfinite(s).all():
+        raise ValueError(f"AUC: {int((~np.isfinite(s)).sum())} NaN or infinite scores")
     if s.ndim == 2 and s.shape[1] == 2:
         s = s[:, 1]
-    if s.ndim == 1:
-        return _binary_auc(y == 1, s)
     present = np.unique(y)
-    if len(present) != s.shape[1]:
-        raise ValueError(f"multi-class AUC needs every one of the {s.shape[1]} classes present, "
-                         f"got {present.tolist()}")
+    if s.ndim == 1:
+        if len(present) > 2:
+            raise ValueError(f"binary AUC got {len(present)} labels {present.tolist()}; give (N, C) scores")
+        return _binary_auc(y == present[-1], s) if len(present) == 2 else _binary_auc(y == 1, s)
+    if not np.array_equal(present, np.arange(s.shape[1])):
+        raise ValueError(f"multi-class AUC needs every one of the {s.shape[1]} classes 0..{s.shape[1] - 1} "
+                         f"present, got {present.tolist()}")
     return float(np.mean([_binary_auc(y == c, s[:, c]) for c in range(s.shape[1])]))
 
 
@@ -106,8 +114,25 @@ def _concordance(times: np.ndarray, events: np.ndarray, risk: np.ndarray,
     return num / den
 
 
+def _check_survival(times: Sequence[float], events: Sequence[int], risk: Sequence[float],
+                    what: str) -> None:
+    """Refuse NaN/infinite times or risks (a NaN risk would count as a discordant pair, as a
+    diverged model's output silently would) and mismatched lengths, as scikit-survival does."""
+    t, r = np.asarray(times, float), np.asarray(risk, float)
+    if not (len(t) == len(r) == len(np.asarray(events))):
+        raise ValueError(f"{what}: times, events and risk have lengths {len(t)}, "
+                         f"{len(np.asarray(events))}, {len(r)}")
+    for name, x in (("risk", r), ("times", t)):
+        bad = np.flatnonzero(~np.isfinite(x))
+        if len(bad):
+            raise ValueError(f"{what}: {len(bad)} NaN or infinite {name} value(s) (rows "
+                             f"{bad[:5].tolist()}{'...' if len(bad) > 5 else ''}); a diverged model? "
+                             "drop or fix them before scoring")
+
+
 def harrell_c(times: Sequence[float], events: Sequence[int], risk: Sequence[float]) -> float:
     """Harrell's concordance index of a risk score (higher risk = earlier event)."""
+    _check_survival(times, events, risk, "Harrell's c-index")
     t = np.asarray(times, float)
     return _concordance(t, events, risk, np.ones(len(t)))
 
@@ -140,10 +165,18 @@ def uno_c(train_times: Sequence[float], train_events: Sequence[int], times: Sequ
     """Uno's IPCW c-index (robust to heavy censoring): pairs weighted by 1 / G(t_i)^2.
 
     G is the censoring survival estimated on the training set; ``tau`` truncates the comparison
-    to events before tau (default: all). Test times beyond the last training time are invalid.
+    to test cases before tau (default: none). Without ``tau``, test times beyond the last training
+    time are refused (G is unknown there), as scikit-survival's ``concordance_index_ipcw`` does.
     """
+    _check_survival(times, events, risk, "Uno's c-index")
+    _check_survival(train_times, train_events, np.zeros(len(np.asarray(train_times))),
+                    "Uno's c-index (training set)")
     t = np.asarray(times, float)
     e = np.asarray(events).astype(bool)
+    last = float(np.max(np.asarray(train_times, float)))
+    if tau is None and t.max() > last:
+        raise ValueError(f"Uno's c-index: test time {t.max():.6g} is beyond the last training time "
+                         f"{last:.6g}; the censoring survival is unknown there; give tau <= {last:.6g}")
     g = censoring_survival(train_times, train_events)(t)
     keep = e & ((t < tau) if tau is not None else True)
     if np.any(g[keep] <= 0):
@@ -226,6 +259,7 @@ def survival_metrics(times: Sequence[float], events: Sequence[int], risk: Sequen
                      seed: int = 0) -> dict:
     """Harrell's c-index with bootstrap CI, Uno's c-index (IPCW from the training set, truncated
     at its last event time), and the median-risk Kaplan-Meier split."""
+    _check_survival(times, events, risk, "survival metrics")
     t, e, r = np.asarray(times, float), np.asarray(events).astype(int), np.asarray(risk, float)
     out: dict = {"n": int(len(t)), "events": int(e.sum())}
     if e.sum() == 0:

@@ -123,7 +123,8 @@ def test_every_task_through_the_cli_then_the_report(bench, capsys):
     fs = cells["musk_tiny/hgsc_tiles/few_shot.json"]
     assert set(fs["per_sample"]["per_seed"]) == {"1", "2", "4"}
     ret = cells["musk_tiny/hgsc_captions/retrieval.json"]
-    assert ret["details"] == {"n_images": 3 * N_TEST, "n_texts": 3 * N_TEST, "ks": [1, 5]}
+    assert ret["details"] == {"n_images": 3 * N_TEST, "n_texts": 3 * N_TEST, "ks": [1, 5],
+                              "protocol": "clip-benchmark"}
     assert ret["metrics"]["t2i_R@5"]["value"] == pytest.approx(
         np.mean(np.array(ret["per_sample"]["t2i_rank"]) < 5))
     ir = cells["color_stats/hgsc_tiles/image_retrieval.json"]
@@ -142,7 +143,11 @@ def test_every_task_through_the_cli_then_the_report(bench, capsys):
     table = capsys.readouterr().out
     assert "hgsc_tiles" in table and "balanced_accuracy" in table and "t2i_R@1" in table
     md = (res / "report.md").read_text()
-    assert "wilcoxon-signed-rank" in md and "mann-whitney-u" in md
+    assert "mcnemar-exact" in md and "paired-permutation-mean" in md and "paired-bootstrap" in md
+    assert main(["eval", "report", str(res), "--n-resamples", "50", "--test", "paper",
+                 "--out", str(res / "paper_report")]) == 0
+    paper_md = (res / "paper_report" / "report.md").read_text()
+    assert "wilcoxon-signed-rank" in paper_md and "NOT a valid test" in paper_md
     assert (res / "report.html").read_text().count("<img") == 6
     for png in (res / "figures").glob("*.png"):
         with Image.open(png) as im:

@@ -28,10 +28,11 @@ def test_registry_holds_the_papers_datasets_with_prompts():
     assert pcam.classes[1] == "Lymph node containing metastatic tumor tissue"
     assert pcam.templates[0] == "a histopathology slide showing {c}" and pcam.splits["val"] == "valid"
     bracs3 = get_dataset_spec("bracs3")
-    assert bracs3.label_map["2_UDH"] == 0 and bracs3.label_map["6_IC"] == 2
-    for n in names:  # every spec is self-consistent
+    assert bracs3.reader == "bracs" and bracs3.reader_options == {"groups": "3", "size": 1792}
+    for n in names:  # every spec is self-consistent, and reads the data as published
         s = get_dataset_spec(n)
-        assert s.tasks and (s.classes or s.caption_column)
+        assert s.tasks and (s.classes or s.caption_column or s.reader in ("bookset", "pathmmu"))
+        assert s.protocol == ("clip-benchmark" if n in ("bach", "mhist") else "musk-paper")
 
 
 def test_user_spec_yaml_and_its_errors(tmp_path, real_dir):
@@ -115,7 +116,9 @@ def test_feature_cache_is_keyed_reused_and_rebuilt(tmp_path, real_dir):
         cached_features(enc, ds, None, "embed", tmp_path / "cache", num_workers=0, progress=False)
 
 
-def test_paired_comparisons_match_direct_scipy_tests():
+def test_paired_comparisons_match_direct_tests():
+    from statsmodels.stats.contingency_tables import mcnemar
+
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 120)
     good = np.where(rng.random(120) < 0.9, y, (y + 1) % 3)
@@ -123,20 +126,26 @@ def test_paired_comparisons_match_direct_scipy_tests():
     a = classification_result("linear_probe", y, good, n_resamples=100)
     b = classification_result("linear_probe", y, poor, n_resamples=100)
     tests = compare_results(a, b, n_resamples=300, seed=1)
+    ca, cb = good == y, poor == y
+    table = [[(ca & cb).sum(), (ca & ~cb).sum()], [(~ca & cb).sum(), (~ca & ~cb).sum()]]
+    assert tests["accuracy"]["test"] == "mcnemar-exact"
+    assert tests["accuracy"]["p_value"] == pytest.approx(mcnemar(table, exact=True).pvalue)
+    assert tests["balanced_accuracy"]["low"] > 0.2 and tests["balanced_accuracy"]["p_value"] < 0.01
     from openmusk.eval.metrics import CLASSIFICATION_METRICS
     ref = wilcoxon_paired_bootstrap(CLASSIFICATION_METRICS["balanced_accuracy"], (y, good), (y, poor),
                                     n_resamples=300, seed=1)
-    assert tests["balanced_accuracy"] == ref
-    assert ref["p_value"] < 1e-10 and ref["mean_difference"] > 0.2
+    assert compare_results(a, b, n_resamples=300, seed=1, method="paper")["balanced_accuracy"] == ref
+    assert ref["p_value"] < 1e-10 and ref["mean_difference"] > 0.2 and "NOT a valid" in ref["warning"]
     assert compare_results(a, a, n_resamples=50)["accuracy"]["p_value"] == 1.0
     x = rng.normal(size=(60, 6)) + np.repeat(np.eye(3, 6) * 3, 20, axis=0)
     yy = np.repeat(np.arange(3), 20)
     fa = few_shot(x[::2], yy[::2], x[1::2], yy[1::2], shots=(2,), seeds=range(5))
     fb = few_shot(rng.normal(size=(30, 6)), yy[::2], x[1::2], yy[1::2], shots=(2,), seeds=range(5))
-    mw = compare_results(fa, fb)["balanced_accuracy@2shot"]
-    direct = stats.mannwhitneyu(fa["per_sample"]["per_seed"]["2"]["balanced_accuracy"],
-                                fb["per_sample"]["per_seed"]["2"]["balanced_accuracy"],
-                                alternative="two-sided")
-    assert mw["p_value"] == pytest.approx(direct.pvalue) and mw["statistic"] == direct.statistic
+    pt = compare_results(fa, fb)["balanced_accuracy@2shot"]
+    va = np.array(fa["per_sample"]["per_seed"]["2"]["balanced_accuracy"])
+    vb = np.array(fb["per_sample"]["per_seed"]["2"]["balanced_accuracy"])
+    direct = stats.permutation_test((va, vb), lambda u, v, axis: np.mean(u - v, axis=axis),
+                                    permutation_type="samples", n_resamples=np.inf)
+    assert pt["p_value"] == pytest.approx(direct.pvalue) and pt["diff"] == pytest.approx((va - vb).mean())
 
 

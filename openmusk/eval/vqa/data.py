@@ -62,7 +62,9 @@ class VQAData:
 
     def load_image(self, i: int) -> Image.Image:
         """Decode the image of row ``i`` as PIL RGB."""
-        return self.image_loader(self.rows[i]).convert("RGB")
+        from openmusk.core.images import to_rgb
+
+        return to_rgb(self.image_loader(self.rows[i]), f"image of row {self.rows[i]}")
 
     def closed(self) -> list[bool]:
         """Per question: True when the reference answer is yes/no (a closed question)."""
@@ -112,7 +114,9 @@ class _FileImages:
         self.paths = paths
 
     def __call__(self, row: int) -> Image.Image:
-        return Image.open(self.paths[row])
+        from openmusk.core.images import open_image
+
+        return open_image(self.paths[row])
 
 
 def _parquet_files(source: str | os.PathLike | Sequence) -> list[Path]:

@@ -1,10 +1,12 @@
 """VQA metrics: exact-match accuracy (overall, closed yes/no, open) with bootstrap 95% CIs, the
-predictions file, and the comparison of two runs by a Mann-Whitney U test on per-question
-correctness, as the MUSK paper reports for PathVQA.
+predictions file, and the comparison of two runs on the same questions: by default an exact
+McNemar test on per-question correctness with a paired-bootstrap CI of the accuracy difference;
+``test="mann-whitney"`` keeps the MUSK paper's unpaired Mann-Whitney U (it ignores the pairing).
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -14,7 +16,8 @@ import numpy as np
 
 from openmusk.eval.vqa.answers import is_closed, normalize_answer
 from openmusk.core.io import atomic_path
-from openmusk.core.stats import Estimate, bootstrap_ci, mann_whitney
+from openmusk.core.stats import (Estimate, bootstrap_ci, mann_whitney, mcnemar_exact,
+                                 paired_bootstrap_diff)
 
 __all__ = ["exact_match", "vqa_accuracy", "accuracy_report", "write_predictions",
            "read_predictions", "compare_predictions", "PREDICTION_FIELDS"]
@@ -75,31 +78,50 @@ def write_predictions(path: str | os.PathLike, rows: list[dict]) -> Path:
 
 def read_predictions(path: str | os.PathLike) -> list[dict]:
     """Read a predictions file written by ``write_predictions`` (CSV or JSONL)."""
+    from openmusk.core.io import read_text
+
     path = Path(path)
+    text = read_text(path)
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        rows = [json.loads(line) for line in open(path) if line.strip()]
+        rows = []
+        for i, line in enumerate(text.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {i + 1} is not valid JSON ({e})") from None
     elif path.suffix.lower() == ".csv":
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        for r in rows:
-            r["correct"] = float(r["correct"])
-            r["closed"] = r["closed"] in ("True", "true", "1")
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
     else:
         raise ValueError(f"{path}: predictions file must end in .csv or .jsonl")
     for i, r in enumerate(rows):
-        missing = [k for k in ("question_id", "answer", "prediction", "correct") if k not in r]
+        missing = [k for k in ("question_id", "answer", "prediction", "correct") if not isinstance(r, dict) or k not in r]
         if missing:
-            raise ValueError(f"{path}: row {i + 1} lacks {missing}")
+            raise ValueError(f"{path}: row {i + 1} lacks {missing} (write it with `openmusk vqa eval`)")
+        try:
+            r["correct"] = float(r["correct"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: row {i + 1}: 'correct' must be a number, got {r['correct']!r}") from None
+        if isinstance(r.get("closed"), str):
+            r["closed"] = r["closed"] in ("True", "true", "1")
     return rows
 
 
-def compare_predictions(rows_a: list[dict], rows_b: list[dict], n_resamples: int = 1000,
-                        seed: int = 0) -> dict:
-    """Compare two runs on the questions both answered: accuracies with CIs and Mann-Whitney U.
+COMPARE_TESTS = ("mcnemar", "mann-whitney")
 
-    Per-question correctness (0/1) of run A and run B are the two samples of the test, as the
-    MUSK paper compares models on PathVQA.
+
+def compare_predictions(rows_a: list[dict], rows_b: list[dict], n_resamples: int = 1000,
+                        seed: int = 0, test: str = "mcnemar") -> dict:
+    """Compare two runs on the questions both answered: accuracies with CIs and a paired test.
+
+    ``test="mcnemar"`` (default): exact McNemar on the per-question correctness pairs, and the
+    paired-bootstrap 95% CI of the accuracy difference (``diff``, ``low``, ``high``).
+    ``test="mann-whitney"``: the MUSK paper's PathVQA comparison, which treats the two runs'
+    correctness as independent samples although they answer the same questions.
     """
+    if test not in COMPARE_TESTS:
+        raise ValueError(f"compare test must be one of {COMPARE_TESTS}, got {test!r}")
     b_by_id = {str(r["question_id"]): r for r in rows_b}
     shared = [r for r in rows_a if str(r["question_id"]) in b_by_id]
     if not shared:
@@ -114,5 +136,10 @@ def compare_predictions(rows_a: list[dict], rows_b: list[dict], n_resamples: int
             out[name] = {
                 "a": bootstrap_ci(np.mean, ca[sel], n_resamples=n_resamples, seed=seed).to_dict(),
                 "b": bootstrap_ci(np.mean, cb[sel], n_resamples=n_resamples, seed=seed).to_dict(),
-                **mann_whitney(ca[sel], cb[sel])}
+                **(mcnemar_exact(ca[sel], cb[sel]) if test == "mcnemar"
+                   else mann_whitney(ca[sel], cb[sel]))}
+            out[name]["p_value"] = out[name].get("pvalue", out[name].get("p_value"))
+            boot = paired_bootstrap_diff(np.mean, (ca[sel],), (cb[sel],), n_resamples=n_resamples,
+                                         seed=seed)
+            out[name].update(diff=boot["diff"], low=boot["low"], high=boot["high"])
     return out

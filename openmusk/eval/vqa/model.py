@@ -14,9 +14,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["VQAPooler", "MuskVQA", "FREEZE_MODES", "set_trainable"]
+__all__ = ["VQAPooler", "MuskVQA", "FREEZE_MODES", "RENAMED_FREEZE_MODES", "freeze_mode", "set_trainable"]
 
-FREEZE_MODES = ("full", "last_k", "heads")
+# what is frozen: nothing, all but the last ``last_k`` encoder layers, or the whole backbone
+FREEZE_MODES = ("none", "last_k", "encoder")
+RENAMED_FREEZE_MODES = {"full": "none", "heads": "encoder"}  # old names, accepted with a notice
 # MUSK parameters that VQA never uses: the retrieval heads and the CLIP temperature
 _UNUSED = ("vision_head.", "language_head.", "logit_scale")
 
@@ -70,21 +72,32 @@ class MuskVQA(nn.Module):
         return self.classifier(self.pooler(tokens))
 
 
-def set_trainable(model: MuskVQA, mode: Literal["full", "last_k", "heads"] = "full",
+def freeze_mode(mode: str) -> str:
+    """The freeze mode's current name: old ``full``/``heads`` become ``none``/``encoder`` with a notice."""
+    if mode in RENAMED_FREEZE_MODES:
+        from openmusk.core.config import notice
+
+        notice(f"freeze: {mode} is now spelled freeze: {RENAMED_FREEZE_MODES[mode]}")
+        return RENAMED_FREEZE_MODES[mode]
+    if mode not in FREEZE_MODES:
+        raise ValueError(f"freeze mode {mode!r} unknown; use one of {FREEZE_MODES}")
+    return mode
+
+
+def set_trainable(model: MuskVQA, mode: Literal["none", "last_k", "encoder"] = "none",
                   last_k: int = 0) -> int:
-    """Freeze the backbone ('heads'), all but its last ``last_k`` layers ('last_k'), or nothing.
+    """Freeze the MUSK encoder ('encoder'), all but its last ``last_k`` layers ('last_k'), or nothing ('none').
 
     The heads are always trained; the retrieval heads and logit scale are always frozen (VQA does
     not use them). Returns the number of trainable parameters.
     """
-    if mode not in FREEZE_MODES:
-        raise ValueError(f"freeze mode {mode!r} unknown; use one of {FREEZE_MODES}")
+    mode = freeze_mode(mode)
     encoder = model.backbone.beit3.encoder
     depth = len(encoder.layers)
     if mode == "last_k" and not 0 < last_k <= depth:
         raise ValueError(f"last_k must be in 1..{depth} for freeze mode 'last_k', got {last_k}")
     for name, p in model.backbone.named_parameters():
-        p.requires_grad = mode == "full" and not name.startswith(_UNUSED)
+        p.requires_grad = mode == "none" and not name.startswith(_UNUSED)
     if mode == "last_k":
         for layer in list(encoder.layers)[depth - last_k:]:
             layer.requires_grad_(True)

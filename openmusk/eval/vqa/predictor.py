@@ -52,17 +52,19 @@ def load_vqa(folder: str | os.PathLike, device: str | torch.device | None = DEFA
     """Load a VQA checkpoint folder onto ``device`` (auto: this rank's GPU, else the CPU):
     (model in eval mode, vocabulary, head metadata)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    from openmusk.core.io import read_json
+    from openmusk.core.io import CheckpointFileError, load_safetensors, read_json
     from openmusk.model import create_model
 
     folder = Path(folder)
     for name in (BACKBONE_FILE, HEAD_FILE, ANSWERS_FILE):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder}: not a VQA checkpoint folder ({name} is missing)")
-    with safe_open(str(folder / HEAD_FILE), framework="pt") as f:
-        meta = f.metadata() or {}
+    try:
+        with safe_open(str(folder / HEAD_FILE), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error type for a corrupt header
+        raise CheckpointFileError(f"{folder / HEAD_FILE}: not a valid safetensors file ({e})") from None
     if meta.get("format") != "openmusk-vqa-1":
         raise ValueError(f"{folder / HEAD_FILE}: not an openmusk VQA head (format {meta.get('format')!r})")
     vocab = AnswerVocab.from_dict(read_json(folder / ANSWERS_FILE))
@@ -71,7 +73,7 @@ def load_vqa(folder: str | os.PathLike, device: str | torch.device | None = DEFA
     if len(vocab) != model.num_answers:
         raise ValueError(f"{folder}: {ANSWERS_FILE} has {len(vocab)} answers, the head "
                          f"{model.num_answers}")
-    missing, unexpected = model.heads().load_state_dict(load_file(str(folder / HEAD_FILE)), strict=False)
+    missing, unexpected = model.heads().load_state_dict(load_safetensors(folder / HEAD_FILE, "VQA head"), strict=False)
     if missing or unexpected:
         raise ValueError(f"{folder / HEAD_FILE}: missing {missing}, unexpected {unexpected}")
     return model.to(resolve_device(device)).eval(), vocab, {**meta, "max_len": int(meta.get("max_len", 64))}
@@ -110,10 +112,11 @@ class VQAPredictor:
     def ask(self, image: Image.Image | str | os.PathLike, question: str,
             topk: int = 5) -> list[tuple[str, float]]:
         """The ``topk`` most probable answers to ``question`` about ``image`` (PIL or path)."""
-        if not isinstance(image, Image.Image):
-            image = Image.open(image)
+        from openmusk.core.images import open_image, to_rgb
+
+        image = to_rgb(image) if isinstance(image, Image.Image) else open_image(image)
         ids, mask = self.tokenizer([question], max_len=self.max_len)
-        probs = self._probabilities({"images": self.transform(image.convert("RGB"))[None],
+        probs = self._probabilities({"images": self.transform(image)[None],
                                      "input_ids": ids, "padding_mask": mask})[0]
         p, idx = probs.topk(min(topk, len(self.vocab)))
         return list(zip(self.vocab.lookup(idx.tolist()), p.tolist()))

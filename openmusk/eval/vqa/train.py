@@ -33,7 +33,7 @@ from openmusk.core.runtime import (DEFAULT_DEVICE, DEFAULT_PRECISION, autocast, 
 from openmusk.eval.config import is_weights_file
 from openmusk.eval.vqa.answers import AnswerVocab
 from openmusk.eval.vqa.data import VQACollate, VQAData, VQADataset, canonical_split, open_vqa
-from openmusk.eval.vqa.model import FREEZE_MODES, MuskVQA, set_trainable
+from openmusk.eval.vqa.model import FREEZE_MODES, MuskVQA, freeze_mode, set_trainable
 from openmusk.eval.vqa.plots import plot_history
 from openmusk.eval.vqa.predictor import ANSWERS_FILE, VQAPredictor, save_vqa
 
@@ -79,7 +79,7 @@ class VQATrainConfig:
     weight_decay: float = 0.01
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.0
-    freeze: str = "full"                   # full | last_k | heads
+    freeze: str = "none"                   # what is frozen: none | last_k (all but the last last_k layers) | encoder
     last_k: int = 0                        # layers trained when freeze is last_k
     precision: str = DEFAULT_PRECISION     # auto (bf16 on a GPU, fp32 on cpu) | fp32 | bf16 | fp16
     grad_checkpointing: bool = False
@@ -89,8 +89,9 @@ class VQATrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.freeze not in FREEZE_MODES:
+        if self.freeze not in FREEZE_MODES and self.freeze not in ("full", "heads"):
             raise ValueError(f"freeze must be one of {FREEZE_MODES}, got {self.freeze!r}")
+        self.freeze = freeze_mode(self.freeze)
         for name in ("epochs", "batch_size", "accum_steps", "max_len", "min_answer_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -101,10 +102,11 @@ def build_vqa_model(config: VQATrainConfig, num_answers: int) -> MuskVQA:
     """MUSK backbone (pretrained unless ``weights`` is null or ``random``) with fresh VQA heads."""
     from openmusk.model import create_model, get_config
 
-    musk_config = dataclasses.replace(get_config(config.model), drop_path_rate=config.drop_path_rate)
+    random_init = config.weights is None or config.weights.startswith("random")
+    named = config.weights.partition(":")[2] if random_init and config.weights else ""  # random:CONFIG
+    musk_config = dataclasses.replace(get_config(named or config.model), drop_path_rate=config.drop_path_rate)
     if config.img_size:
         musk_config = dataclasses.replace(musk_config, img_size=config.img_size)
-    random_init = config.weights is None or config.weights.startswith("random")
     backbone = create_model(musk_config, pretrained=None if random_init else config.weights)
     return MuskVQA(backbone, num_answers, question_only=config.question_only)
 
@@ -135,11 +137,11 @@ def _save_resume(folder: Path, model: MuskVQA, opt, sched, epoch: int, history: 
 
 def _load_resume(folder: Path, model: MuskVQA, opt, sched) -> tuple[int, list]:
     """Restore a run saved by ``_save_resume``; returns (epochs done, history)."""
-    from safetensors.torch import load_file
+    from openmusk.core.io import load_safetensors, torch_load
 
     state = read_json(folder / "state.json")
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(load_safetensors(folder / "model.safetensors", "VQA resume weights"))
+    saved = torch_load(folder / "optimizer.pt", "VQA optimiser state")
     opt.load_state_dict(saved["optimizer"])
     sched.load_state_dict(saved["scheduler"])
     return int(state["epoch"]), list(state["history"])
@@ -161,7 +163,7 @@ def _vocab(train: VQAData, config: VQATrainConfig, out: Path) -> AnswerVocab:
 def _train_mode(model: MuskVQA, config: VQATrainConfig) -> None:
     """Training mode; a fully frozen backbone stays in eval mode (no drop-path on fixed features)."""
     model.train()
-    if config.freeze == "heads":
+    if config.freeze == "encoder":
         model.backbone.eval()
 
 

@@ -60,7 +60,7 @@ def test_compare_runs_mann_whitney_matches_scipy() -> None:
     a = (rng.random(200) < 0.8).astype(float).tolist()
     b = (rng.random(200) < 0.6).astype(float).tolist()
     rows_b = _rows(b)[::-1] + _rows([1.0], prefix="extra")     # order must not matter
-    c = compare_predictions(_rows(a), rows_b, n_resamples=200)
+    c = compare_predictions(_rows(a), rows_b, n_resamples=200, test="mann-whitney")
     ref = stats.mannwhitneyu(a, b, alternative="two-sided")
     assert c["questions"] == 200 and c["only_in_b"] == 1
     assert c["overall"]["p_value"] == pytest.approx(ref.pvalue)
@@ -73,3 +73,18 @@ def test_compare_runs_mann_whitney_matches_scipy() -> None:
     assert same["overall"]["p_value"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="share no question_id"):
         compare_predictions(_rows(a), _rows(b, prefix="z"))
+
+
+def test_compare_runs_default_is_exact_mcnemar_like_statsmodels() -> None:
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    rng = np.random.default_rng(2)
+    a = rng.random(150) < 0.7
+    b = np.where(rng.random(150) < 0.15, ~a, a)
+    c = compare_predictions(_rows(a.astype(float).tolist()), _rows(b.astype(float).tolist()),
+                            n_resamples=200)
+    table = [[(a & b).sum(), (a & ~b).sum()], [(~a & b).sum(), (~a & ~b).sum()]]
+    assert c["overall"]["test"] == "mcnemar-exact"
+    assert c["overall"]["p_value"] == pytest.approx(mcnemar(table, exact=True).pvalue)
+    assert c["overall"]["diff"] == pytest.approx(a.mean() - b.mean())
+    assert c["overall"]["low"] <= c["overall"]["diff"] <= c["overall"]["high"]

@@ -88,7 +88,7 @@ def test_cli_eval_compare_and_ask(runs, vqa_table: Path, vqa_parquet: Path, tmp_
                  str(preds["image"]), "--metrics", str(metrics), "--compare", str(preds["question_only"]),
                  "--num-workers", "0", "--n-resamples", "100", "--device", "cpu", "--precision", "fp32"]) == 0
     out = capsys.readouterr().out
-    assert "test: 90 questions on 90 images" in out and "Mann-Whitney" in out
+    assert "test: 90 questions on 90 images" in out and "mcnemar-exact" in out
     m = json.loads(metrics.read_text())
     rows = read_predictions(preds["image"])
     assert len(rows) == 90
