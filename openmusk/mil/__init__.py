@@ -6,8 +6,11 @@ cross-validation, statistics and attention maps (the part of MUSK the authors di
 >>> from openmusk.mil import MilConfig, train
 >>> metrics = train(load_config(MilConfig, "cohort.yaml"))   # 5-fold CV, results folder, plots
 >>> from openmusk.mil.models import ABMIL                     # aggregators for other code (e.g. mSTAR)
+>>> ablate(config); compare_runs("runs/musk", "runs/other")  # modality ablation, paired model comparison
 """
-from openmusk.mil.api import build_model, embed_patient_reports, predict, train
+from openmusk.mil.ablate import ablate
+from openmusk.mil.api import build_model, embed_patient_reports, predict, summarize_cohort, train
+from openmusk.mil.compare import compare_runs
 from openmusk.mil.cohort import BagDataset, PatientRecord, attach_features, read_bag, read_cohort
 from openmusk.mil.config import MilConfig
 from openmusk.mil.cv import cross_validate
@@ -16,7 +19,7 @@ from openmusk.mil.models import ABMIL, MeanPool, MilModel, TransMIL, load_aggreg
 from openmusk.mil.tasks import ClassificationTask, SurvivalTask
 from openmusk.mil.trainer import FitConfig, Optimization, evaluate, fit
 
-__all__ = ["train", "predict", "build_model", "embed_patient_reports", "MilConfig", "PatientRecord",
+__all__ = ["train", "predict", "ablate", "compare_runs", "summarize_cohort", "build_model", "embed_patient_reports", "MilConfig", "PatientRecord",
            "read_cohort", "attach_features", "read_bag", "BagDataset", "ABMIL", "TransMIL", "MeanPool",
            "MilModel", "load_aggregator", "save_aggregator", "MCAT", "PORPOISE", "cross_validate_genomic",
            "pathway_groups", "ClassificationTask", "SurvivalTask", "FitConfig", "Optimization", "fit",

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from openmusk.core.io import atomic_path, read_json, write_json
+from openmusk.core.io import atomic_path, read_json, read_table, write_json
 from openmusk.mil.cohort import BagDataset, PatientRecord, attach_features, read_cohort
 from openmusk.mil.config import MilConfig
 from openmusk.mil.losses import assign_bins, time_bins
@@ -22,7 +22,7 @@ from openmusk.mil.models import MilModel, build_aggregator, load_aggregator
 from openmusk.mil.tasks import ClassificationTask, SurvivalTask, task_from_dict
 from openmusk.mil.trainer import FitConfig
 
-__all__ = ["train", "predict", "build_model", "embed_patient_reports"]
+__all__ = ["train", "predict", "build_model", "embed_patient_reports", "summarize_cohort"]
 
 
 def build_model(config: MilConfig, task, in_dim: int, report_dim: int,
@@ -42,17 +42,63 @@ def build_model(config: MilConfig, task, in_dim: int, report_dim: int,
                     config.dropout)
 
 
-def embed_patient_reports(config: MilConfig, records: list[PatientRecord], progress: bool = True) -> np.ndarray:
-    """(P, E) MUSK report embeddings of the patients (:func:`openmusk.text.embed_reports`: long
-    reports by windows), cached in ``config.report_cache``."""
+def embed_patient_reports(config: MilConfig, records: list[PatientRecord], progress: bool = True,
+                          log: Callable[[str], None] | None = None) -> np.ndarray:
+    """(P, E) MUSK report vectors of the patients in ``config.report_mode`` (raw windows, a
+    summary, or both: :func:`openmusk.text.report.embed_report_mode`), cached in ``config.report_cache``.
+
+    With ``config.report_template`` each report is first rendered from the cohort's columns
+    (:mod:`openmusk.mil.clinical_text`); summaries come from :mod:`openmusk.text.summarize` (cached
+    beside the cohort, made by ``config.summary.backend`` when missing).
+    """
     from openmusk.core.runtime import resolve_device
     from openmusk.model import create_model
-    from openmusk.text import embed_reports, get_tokenizer
+    from openmusk.text import get_tokenizer
+    from openmusk.text.report import embed_report_mode
 
+    _apply_report_template(config, records)
+    summaries = None
+    if config.report_mode != "raw-windows":
+        from openmusk.text.summarize import default_cache, load_summarizer, summarize_reports
+
+        s = config.summary
+        summaries = summarize_reports([r.report for r in records], load_summarizer(s), s.prompt,
+                                      s.cache or default_cache(config.cohort), model=s.model or None,
+                                      progress=progress, log=log)
     model = create_model(config.report_model, pretrained=config.report_weights, device=resolve_device(config.device))
     cache = config.report_cache or str(Path(config.output_dir) / "report_embeddings.h5")
-    return embed_reports([r.report for r in records], model, get_tokenizer(), cache,
-                         model_name=config.report_model, progress=progress)
+    return embed_report_mode(config.report_mode, [r.report for r in records], summaries, model,
+                             get_tokenizer(), cache, model_name=config.report_model,
+                             max_windows=config.report_max_windows, progress=progress)
+
+
+def _apply_report_template(config: MilConfig, records: list[PatientRecord]) -> None:
+    """With ``config.report_template``, each record's report is rendered from its cohort columns."""
+    if not config.report_template:
+        return
+    from openmusk.mil.clinical_text import render_reports
+
+    table = read_table(config.cohort, dtype={config.patient_column: str})
+    texts = render_reports(table, config.report_template, config.patient_column, config.cohort)
+    for r in records:
+        r.report = texts[r.patient_id]
+
+
+def summarize_cohort(config: MilConfig, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+    """Summarise every patient's report of ``config.cohort`` with ``config.summary`` (cached,
+    resumable); returns the cache file. Nothing is trained."""
+    from openmusk.text.summarize import default_cache, load_summarizer, summarize_reports
+
+    records, _ = read_cohort(config.cohort, None, config.patient_column, config.slide_column,
+                             report_column=config.report_column, need_report=not config.report_template)
+    _apply_report_template(config, records)
+    s = config.summary
+    if not s.backend:
+        raise ValueError("summary.backend is empty: set it to transformers, openai or module:function")
+    cache = Path(s.cache or default_cache(config.cohort))
+    summarize_reports([r.report for r in records], load_summarizer(s), s.prompt, cache, progress=progress, log=log)
+    log(f"{len(records)} report summaries in {cache}")
+    return cache
 
 
 def _make_task(config: MilConfig, train_records: list[PatientRecord], classes: list[str]):
@@ -82,7 +128,7 @@ def _fit_config(config: MilConfig) -> FitConfig:
     return FitConfig(epochs=config.epochs, lr=config.lr, weight_decay=config.weight_decay,
                      warmup_epochs=config.warmup_epochs, batch_size=config.batch_size,
                      patience=config.patience, precision=config.precision, device=config.device,
-                     seed=config.seed)
+                     seed=config.seed, min_epochs=config.min_epochs)
 
 
 def _load_cohort(config: MilConfig, log: Callable[[str], None], progress: bool):
@@ -90,7 +136,7 @@ def _load_cohort(config: MilConfig, log: Callable[[str], None], progress: bool):
     records, classes = read_cohort(config.cohort, config.task, config.patient_column,
                                    config.slide_column, config.label_column, config.time_column,
                                    config.event_column, config.report_column, config.covariates,
-                                   need_report=config.modality != "image")
+                                   need_report=config.modality != "image" and not config.report_template)
     skipped, dim = [], 0
     if config.modality != "text":
         records, skipped, dim = attach_features(records, config.features_dir)
@@ -98,7 +144,7 @@ def _load_cohort(config: MilConfig, log: Callable[[str], None], progress: bool):
             log(f"skipped {s['patient_id']}/{s['slide_id'] or '-'}: {s['reason']}")
     reports = None
     if config.modality != "image":
-        emb = embed_patient_reports(config, records, progress)
+        emb = embed_patient_reports(config, records, progress, log)
         reports = {r.patient_id: e for r, e in zip(records, emb)}
     return records, classes, dim, skipped, reports
 
@@ -114,7 +160,12 @@ def train(config: MilConfig, log: Callable[[str], None] = print, progress: bool 
     import pandas as pd
 
     from openmusk.mil.cv import cross_validate
+    from openmusk.mil.genomic import GENOMIC_MODELS
     from openmusk.mil.interpret import render_attention, save_attention
+
+    if config.model in GENOMIC_MODELS:  # slide features + a genomics table (MCAT, PORPOISE, MOTCat, CMTA)
+        from openmusk.mil.genomic import train_genomic
+        return train_genomic(config, log, progress)
     from openmusk.mil.plots import plot_km, plot_roc
     from openmusk.mil.trainer import evaluate
 
@@ -123,8 +174,10 @@ def train(config: MilConfig, log: Callable[[str], None] = print, progress: bool 
     previous = out / "config.json"
     if previous.is_file():
         old = read_json(previous)
+        defaults = MilConfig().to_dict()  # keys added since the run started count as their default
         changed = {k for k, v in config.to_dict().items()
-                   if old.get(k) != v and k not in ("epochs", "device", "precision")}
+                   if old.get(k, defaults.get(k)) != v
+                   and k not in ("epochs", "device", "precision", "subgroups", "baselines")}
         if changed and any((out / f"fold_{k}" / "metrics.json").is_file() for k in range(config.folds)):
             raise ValueError(f"{out} holds folds trained with a different config (changed: "
                              f"{sorted(changed)}); use another output_dir or delete it")
@@ -166,7 +219,13 @@ def train(config: MilConfig, log: Callable[[str], None] = print, progress: bool 
         if config.task == "classification" else _pooled_survival(oof, config, records)
     if config.task == "classification":
         plot_roc(oof["label"], task0.probs(oof), classes, out / "roc.png",
-                 title=f"{config.model}, {config.modality}: out-of-fold ROC (n={len(oof)})")
+                 title=f"{config.model}, {config.modality}: out-of-fold ROC (n={len(oof)})",
+                 band_resamples=min(200, config.bootstrap))
+        if len(classes) == 2:
+            from openmusk.mil.plots import plot_calibration
+
+            plot_calibration(oof["label"], task0.probs(oof)[:, 1], out / "calibration.png",
+                             title=f"{config.model}, {config.modality}: out-of-fold calibration")
     else:
         try:
             plot_km(oof["time"], oof["event"], oof["risk_group"] == "high", out / "km.png",
@@ -175,12 +234,81 @@ def train(config: MilConfig, log: Callable[[str], None] = print, progress: bool 
             pooled["km_plot_error"] = str(e)
     metrics = {"summary": result["summary"], "pooled": pooled,
                "folds": result["folds"], "skipped": len(skipped)}
+    metrics.update(_subgroups_and_baselines(config, oof, out, log))
     write_json(out / "metrics.json", metrics)
+    _write_run_report(config, metrics, out)
     mean = result["summary"]["mean"]
     if mean:
         log(f"{result['summary']['metric']} over {config.folds} folds: {mean['value']:.3f} "
             f"[{mean['low']:.3f}, {mean['high']:.3f}]; results in {out}")
     return metrics
+
+
+def _subgroups_and_baselines(config: MilConfig, oof, out: Path, log: Callable[[str], None]) -> dict:
+    """``config.subgroups`` (per-group KM/HR or AUC, forest plot of HRs) and ``config.baselines``
+    (clinical-only model per column, and all columns together, on the same folds)."""
+    from openmusk.mil.subgroups import clinical_baseline, cohort_table, subgroup_analysis
+
+    if not (config.subgroups or config.baselines):
+        return {}
+    table = cohort_table(config.cohort, config.patient_column, [*config.subgroups, *config.baselines])
+    res: dict = {}
+    if config.subgroups:
+        rows = [r for col in config.subgroups
+                for r in subgroup_analysis(oof, table, col, config.task, out, config.bootstrap, config.seed)]
+        res["subgroups"] = rows
+        hr = [r for r in rows if "hazard_ratio" in r and np.isfinite(r["hr_high"])]
+        if hr:
+            from openmusk.mil.plots import plot_forest
+
+            plot_forest([f"{r['column']} = {r['group']} (n={r['n']})" for r in hr],
+                        [r["hazard_ratio"] for r in hr], [r["hr_low"] for r in hr],
+                        [r["hr_high"] for r in hr], out / "forest_subgroups.png",
+                        title="high vs low predicted risk within subgroups",
+                        notes=[f"p={r['logrank_p']:.2g}" for r in hr])
+        for r in rows:
+            log(f"subgroup {r['column']}={r['group']} (n={r['n']}): " + ", ".join(
+                f"{k} {r[k]:.3g}" for k in ("hazard_ratio", "logrank_p", "auc") if k in r) + r.get("error", ""))
+    if config.baselines:
+        sets = [[c] for c in config.baselines] + ([list(config.baselines)] if len(config.baselines) > 1 else [])
+        res["baselines"] = []
+        for cols in sets:
+            try:
+                b = clinical_baseline(oof, table, cols, config.task, config.bootstrap, config.seed)
+            except Exception as err:  # a degenerate column (one level) is reported, not fatal
+                b = {"columns": cols, "error": f"{type(err).__name__}: {err}"}
+            res["baselines"].append(b)
+            key = "c_index" if config.task == "survival" else "auc"
+            if key in b:
+                p = b.get("model_vs_baseline", {}).get("pvalue", float("nan"))
+                log(f"clinical baseline {'+'.join(cols)}: {key} {b[key]:.3f} vs model {b['model_' + key]:.3f} "
+                    f"(paired p {p:.3g})")
+    return res
+
+
+def _write_run_report(config: MilConfig, metrics: dict, out: Path) -> None:
+    """``report.html``: headline metrics, folds, subgroups, baselines and the plots, embedded."""
+    from openmusk.mil.html_report import write_html_report
+
+    s = metrics["summary"]
+    head = [f"task {config.task} ({config.loss}), modality {config.modality}, model {config.model}, "
+            f"report mode {config.report_mode}, {config.folds} folds"]
+    if s.get("mean"):
+        head.append(f"{s['metric']} over folds: {s['mean']['value']:.3f} [{s['mean']['low']:.3f}, "
+                    f"{s['mean']['high']:.3f}]")
+    folds = [{"fold": f["fold"], "best_epoch": f["best_epoch"], "epochs_run": f["epochs_run"],
+              s["metric"]: f["metrics"].get(s["metric"], {}).get("value", float("nan"))} for f in metrics["folds"]]
+    plots = [out / n for n in ("roc.png", "calibration.png", "km.png") if (out / n).is_file()]
+    sections = [("Summary", head), ("Folds", [folds]), ("Plots", plots)]
+    if "subgroups" in metrics:
+        sections.append(("Subgroups", [metrics["subgroups"], *sorted(out.glob("forest_subgroups.png")),
+                                       *sorted(out.glob("km_*.png"))]))
+    if "baselines" in metrics:
+        rows = [{"columns": "+".join(b["columns"]), **{k: v for k, v in b.items() if isinstance(v, (int, float, str))
+                                                         and k != "columns"},
+                 "paired_p": b.get("model_vs_baseline", {}).get("pvalue", "")} for b in metrics["baselines"]]
+        sections.append(("Clinical-only baselines (same folds)", [rows]))
+    write_html_report(out / "report.html", f"openmusk mil: {out.name}", sections)
 
 
 def _pooled_survival(oof, config: MilConfig, records: list[PatientRecord]) -> dict:
@@ -267,6 +395,16 @@ def predict(results_dir: str | os.PathLike, cohort: str | None = None, features_
     if not folds:
         raise FileNotFoundError(f"{results_dir}: no finished fold (fold_*/metrics.json)")
     records = _prediction_records(config, meta["classes"])
+    trained = set()
+    for fold_dir in folds:
+        split = read_json(fold_dir / "split.json") if (fold_dir / "split.json").is_file() else {}
+        trained.update(split.get("train", []) + split.get("val", []))
+    seen = [r.patient_id for r in records if r.patient_id in trained]
+    if seen:
+        log(f"WARNING: in-sample prediction: {len(seen)} of {len(records)} patients "
+            f"{'(the training cohort: no --cohort given) ' if cohort is None else ''}were used to train "
+            f"the fold models, so their predictions are optimistic; for unbiased estimates use "
+            f"{results_dir / 'oof_predictions.csv'} or predict a new cohort")
     skipped, dim = [], 0
     if config.modality != "text":
         records, skipped, dim = attach_features(records, config.features_dir)
@@ -317,7 +455,7 @@ def _prediction_records(config: MilConfig, classes: list[str]) -> list[PatientRe
     """Patients of a cohort CSV for prediction: outcome columns optional."""
     import pandas as pd
 
-    df = pd.read_csv(config.cohort, dtype={config.patient_column: str, config.slide_column: str})
+    df = read_table(config.cohort, dtype={config.patient_column: str, config.slide_column: str})
     for col in (config.patient_column, config.slide_column):
         if col not in df.columns:
             raise ValueError(f"{config.cohort}: missing column {col!r}; found {list(df.columns)}")

@@ -69,7 +69,9 @@ def read_cohort(path: str | os.PathLike, task: str | None = "classification", pa
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"cohort table not found: {path}")
-    df = pd.read_csv(path, dtype={patient_column: str, slide_column: str})
+    from openmusk.core.io import read_table
+
+    df = read_table(path, dtype={patient_column: str, slide_column: str})
     outcome = {"classification": [label_column], "survival": [time_column, event_column], None: []}[task]
     _require(df, [patient_column, slide_column, *outcome, *covariates], path)
     has_split = bool(split_column) and split_column in df.columns

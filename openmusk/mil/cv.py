@@ -37,8 +37,9 @@ def stratified_folds(strata: Sequence, n_folds: int = 5, seed: int = 0) -> list[
     strata = np.asarray(strata)
     counts = np.unique(strata, return_counts=True)[1]
     if counts.min() < n_folds:
-        raise ValueError(f"{n_folds}-fold stratified CV needs >= {n_folds} samples per stratum, "
-                         f"smallest has {counts.min()}")
+        raise ValueError(f"{n_folds}-fold stratified CV needs >= {n_folds} samples per stratum (class, "
+                         f"or event status for survival), the smallest has {counts.min()}: lower `folds` "
+                         "or add samples")
     skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     return [test for _, test in skf.split(np.zeros(len(strata)), strata)]
 
@@ -52,6 +53,12 @@ def validation_split(indices: np.ndarray, strata: Sequence, fraction: float, see
         return np.asarray(indices), np.asarray([], dtype=int)
     s = np.asarray(strata)[indices]
     stratify = s if np.unique(s, return_counts=True)[1].min() >= 2 else None
+    n_val = int(np.ceil(fraction * len(s)))
+    n_classes = len(np.unique(s))
+    if stratify is not None and min(n_val, len(s) - n_val) < n_classes:
+        raise ValueError(f"val_fraction {fraction} of {len(s)} training samples leaves {n_val} for validation "
+                         f"and {len(s) - n_val} for training, fewer than the {n_classes} classes: change "
+                         "`val_fraction`, lower `folds` or add samples")
     tr, va = train_test_split(np.asarray(indices), test_size=fraction, random_state=seed,
                               stratify=stratify)
     return np.sort(tr), np.sort(va)
@@ -68,9 +75,9 @@ def save_model(model: nn.Module, path: str | os.PathLike, metadata: dict[str, st
 
 def load_model_state(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load safetensors weights saved by :func:`save_model` (strict: names and shapes must match)."""
-    from safetensors.torch import load_file
+    from openmusk.core.io import load_safetensors
 
-    model.load_state_dict(load_file(str(path)), strict=True)
+    model.load_state_dict(load_safetensors(path, "model weights"), strict=True)
     return model
 
 
@@ -141,8 +148,9 @@ def cross_validate(records: Sequence[Any], strata: Sequence, build: Callable[[li
                "val_score": fit_res["best_score"], "metrics": fold_metrics}
         write_json(done, res)
         log(f"fold {k}: {_headline(task.kind, fold_metrics)} (best epoch {fit_res['best_epoch']}, "
-            f"{fit_res['epochs_run']} run)")
-        res["predictions"] = table
+            f"{fit_res['epochs_run']} run; ties keep the later epoch, min_epochs {config.min_epochs})")
+        # the table as a resumed run reads it back, so that a resumed run is bit-identical
+        res["predictions"] = pd.read_csv(fold_dir / "predictions.csv", dtype={"id": str})
         fold_results.append(res)
     oof = pd.concat([r.pop("predictions") for r in fold_results], ignore_index=True)
     with atomic_path(out_dir / "oof_predictions.csv", suffix=".csv.tmp") as tmp:
@@ -151,7 +159,7 @@ def cross_validate(records: Sequence[Any], strata: Sequence, build: Callable[[li
     key, sub = FOLD_METRIC[kind]
     per_fold = [r["metrics"][key][sub] for r in fold_results if key in r["metrics"]]
     summary = {"metric": key, "per_fold": per_fold,
-               "mean": mean_ci(per_fold).to_dict() if per_fold else None}
+               "mean": mean_ci(per_fold, bounds=(0.0, 1.0)).to_dict() if per_fold else None}
     return {"folds": fold_results, "summary": summary, "oof": oof}
 
 

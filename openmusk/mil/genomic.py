@@ -1,4 +1,5 @@
-"""Slide-level survival over a bag of patch features and genomics: MCAT and PORPOISE.
+"""Slide-level survival over a bag of patch features and genomics: MCAT and PORPOISE here,
+MOTCat and CMTA in :mod:`openmusk.mil.genomic_models`; genomic groups from signature tables.
 
 Both map a bag of patch features (B, N, D) with a padding mask and a genomic vector (B, G) to
 logits over discrete time bins (B, n_bins), the input of the discrete-time NLL survival loss.
@@ -21,7 +22,8 @@ from openmusk.mil.cohort import BagDataset, PatientRecord, collate_bags
 from openmusk.mil.models import _as_batch
 from openmusk.mil.trainer import FitConfig
 
-__all__ = ["pathway_groups", "SNNBlock", "GatedAttentionPool", "MCAT", "PORPOISE", "KroneckerFusion",
+__all__ = ["pathway_groups", "read_signatures", "signature_groups", "read_genomics", "train_genomic",
+           "build_genomic_model", "SNNBlock", "GatedAttentionPool", "MCAT", "PORPOISE", "KroneckerFusion",
            "GenomicBagDataset", "collate_genomic", "cross_validate_genomic", "GENOMIC_MODELS"]
 
 
@@ -33,6 +35,39 @@ def pathway_groups(gene_names: Sequence[str], groups: Mapping[str, Sequence[str]
         cols = [index[g] for g in genes if g in index]
         if not cols:
             raise ValueError(f"pathway {name!r}: none of its {len(genes)} genes is in the genomic table")
+        out[name] = cols
+    return out
+
+
+def read_signatures(path: str) -> dict[str, list[str]]:
+    """Gene groups from a signatures CSV as MCAT documents it: one column per group, gene symbols
+    down each column, shorter columns padded with blanks (MCAT's ``signatures.csv`` has the six
+    families: tumour suppressors, oncogenes, protein kinases, differentiation markers,
+    transcription factors, cytokines and growth factors)."""
+    import pandas as pd
+
+    table = pd.read_csv(path, dtype=str)
+    if table.shape[1] == 0 or table.shape[0] == 0:
+        raise ValueError(f"{path}: a signatures table needs one column per group and gene symbols in the rows")
+    groups = {str(c): list(dict.fromkeys(g.strip() for g in table[c].dropna() if g.strip())) for c in table.columns}
+    empty = [g for g, genes in groups.items() if not genes]
+    if empty:
+        raise ValueError(f"{path}: group column(s) {empty} list no gene")
+    return groups
+
+
+def signature_groups(columns: Sequence[str], signatures: Mapping[str, Sequence[str]],
+                     suffixes: Sequence[str] = ("", "_mut", "_cnv", "_rnaseq")) -> dict[str, list[int]]:
+    """Column indices of each group in a genomics table whose columns are genes, optionally with
+    MCAT's data-type suffixes (``TP53_mut``, ``TP53_cnv``, ``TP53_rnaseq``); a group none of whose
+    genes is in the table is an error naming it."""
+    index = {str(c): i for i, c in enumerate(columns)}
+    out: dict[str, list[int]] = {}
+    for name, genes in signatures.items():
+        cols = sorted({index[g + s] for g in genes for s in suffixes if g + s in index})
+        if not cols:
+            raise ValueError(f"genomic group {name!r}: none of its {len(genes)} genes (e.g. {list(genes)[:3]}) "
+                             f"is a column of the genomics table")
         out[name] = cols
     return out
 
@@ -176,7 +211,24 @@ class PORPOISE(_BatchForward):
         return self.classifier(fused)
 
 
-GENOMIC_MODELS = ("mcat", "porpoise")
+GENOMIC_MODELS = ("mcat", "porpoise", "motcat", "cmta")
+
+
+def build_genomic_model(model: str, in_dim: int, groups: Mapping[str, Sequence[int]], n_omics: int,
+                        n_bins: int = 4, dim: int = 256, fusion: str = "kronecker",
+                        dropout: float = 0.25) -> nn.Module:
+    """One of ``GENOMIC_MODELS`` by name (PORPOISE uses the whole vector, the others the groups)."""
+    from openmusk.mil.genomic_models import CMTA, MOTCat
+
+    if model == "mcat":
+        return MCAT(in_dim, groups, n_bins, dim, dropout=dropout)
+    if model == "porpoise":
+        return PORPOISE(in_dim, n_omics, n_bins, dim, fusion, dropout=dropout)
+    if model == "motcat":
+        return MOTCat(in_dim, groups, n_bins, dim, dropout=dropout)
+    if model == "cmta":
+        return CMTA(in_dim, groups, n_bins, dim, heads=8 if dim >= 128 else max(1, dim // 16), dropout=dropout)
+    raise ValueError(f"genomic model must be one of {GENOMIC_MODELS}, got {model!r}")
 
 
 class GenomicBagDataset(BagDataset):
@@ -205,13 +257,14 @@ def collate_genomic(samples: list[dict[str, Any]]) -> dict[str, Any]:
 def cross_validate_genomic(records: Sequence[PatientRecord], omics: Mapping[str, np.ndarray],
                            groups: Mapping[str, Sequence[int]], out_dir: str, model: str = "mcat",
                            config: FitConfig | None = None, folds: int = 5, n_bins: int = 4, dim: int = 256,
-                           fusion: str = "kronecker", max_instances: int | None = None,
+                           fusion: str = "kronecker", dropout: float = 0.25, nll_alpha: float = 0.0,
+                           max_instances: int | None = None,
                            val_fraction: float = 0.2, n_resamples: int = 1000,
                            log: Callable[[str], None] = print, progress: bool = False) -> dict:
-    """k-fold CV of MCAT or PORPOISE with the discrete-time NLL through ``openmusk.mil.cv``.
+    """k-fold CV of a genomic survival model (``GENOMIC_MODELS``) with the discrete-time NLL through ``openmusk.mil.cv``.
 
     ``omics`` maps patient id -> genomic vector (log-scale expression); per fold it is z-scored
-    with the training patients' mean and std. ``groups`` maps pathway -> column indices (MCAT).
+    with the training patients' mean and std. ``groups`` maps pathway -> column indices (all but PORPOISE).
     """
     from openmusk.mil.cv import cross_validate
     from openmusk.mil.losses import assign_bins, time_bins
@@ -230,9 +283,8 @@ def cross_validate_genomic(records: Sequence[PatientRecord], omics: Mapping[str,
         x = np.stack([omics[r.patient_id] for r in train_recs]).astype(np.float64)
         fold["mean"], fold["std"] = x.mean(0), np.where(x.std(0) > 1e-8, x.std(0), 1.0)
         edges = time_bins(np.array([r.time for r in train_recs]), np.array([r.event for r in train_recs]), n_bins)
-        net = (MCAT(in_dim, groups, n_bins, dim) if model == "mcat"
-               else PORPOISE(in_dim, x.shape[1], n_bins, dim, fusion))
-        return SurvivalTask("nll", edges.tolist()), net
+        net = build_genomic_model(model, in_dim, groups, x.shape[1], n_bins, dim, fusion, dropout)
+        return SurvivalTask("nll", edges.tolist(), nll_alpha), net
 
     def make_dataset(recs: list, task: SurvivalTask, train: bool) -> GenomicBagDataset:
         x = (np.stack([omics[r.patient_id] for r in recs]) - fold["mean"]) / fold["std"]
@@ -242,3 +294,63 @@ def cross_validate_genomic(records: Sequence[PatientRecord], omics: Mapping[str,
     return cross_validate(records, np.array([r.event for r in records]), build, make_dataset, config, out_dir,
                           folds=folds, val_fraction=val_fraction, balanced_sampler=False,
                           collate_fn=collate_genomic, n_resamples=n_resamples, log=log, progress=progress)
+
+
+def read_genomics(path: str, patient_column: str = "patient_id") -> tuple[list[str], list[str], np.ndarray]:
+    """Patient ids, gene (column) names and the (P, G) float matrix of a genomics CSV; a non-numeric
+    or missing value is an error naming its row and column."""
+    import pandas as pd
+
+    table = pd.read_csv(path, dtype={patient_column: str})
+    if patient_column not in table.columns:
+        raise ValueError(f"{path}: missing column {patient_column!r}; found {list(table.columns)[:10]}")
+    genes = [c for c in table.columns if c != patient_column]
+    values = table[genes].apply(pd.to_numeric, errors="coerce")
+    bad = np.argwhere(values.isna().to_numpy())
+    if len(bad):
+        r, c = bad[0]
+        raise ValueError(f"{path}: row {r + 2} column {genes[c]!r}: {table[genes[c]].iloc[r]!r} is not a number "
+                         f"({len(bad)} such cells)")
+    if table[patient_column].duplicated().any():
+        raise ValueError(f"{path}: patient {table[patient_column][table[patient_column].duplicated()].iloc[0]!r} "
+                         f"has more than one row")
+    return table[patient_column].tolist(), genes, values.to_numpy(np.float64)
+
+
+def train_genomic(config: Any, log: Callable[[str], None] = print, progress: bool = True) -> dict:
+    """``openmusk mil train`` with ``model: mcat | porpoise | motcat | cmta``: the cohort's slide features
+    plus ``config.genomics``, gene groups from ``config.signatures``; same folds, outputs and pooled
+    survival metrics as the other survival models (attention maps are not written)."""
+    from pathlib import Path
+
+    from openmusk.core.io import write_json
+    from openmusk.mil.api import _fit_config, _load_cohort, _pooled_survival
+
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", config.to_dict())
+    records, _, dim, skipped, _ = _load_cohort(config, log, progress)
+    ids, genes, x = read_genomics(config.genomics, config.patient_column)
+    omics = dict(zip(ids, x))
+    without = [r.patient_id for r in records if r.patient_id not in omics]
+    for pid in without:
+        log(f"skipped {pid}: no row in {config.genomics}")
+    records = [r for r in records if r.patient_id in omics]
+    groups = signature_groups(genes, read_signatures(config.signatures)) if config.signatures else \
+        {"all": list(range(len(genes)))}
+    log(f"{len(records)} patients, {len(genes)} genomic features in {len(groups)} groups "
+        f"({', '.join(f'{k}: {len(v)}' for k, v in groups.items())}), model {config.model}")
+    result = cross_validate_genomic(records, omics, groups, str(out), config.model, _fit_config(config), config.folds,
+                                    config.n_bins, config.fusion_hidden, dropout=config.dropout,
+                                    nll_alpha=config.nll_alpha, max_instances=config.max_instances,
+                                    val_fraction=config.val_fraction, n_resamples=config.bootstrap, log=log,
+                                    progress=progress)
+    metrics = {"summary": result["summary"], "pooled": _pooled_survival(result["oof"], config, records),
+               "folds": result["folds"], "skipped": len(skipped) + len(without),
+               "groups": {k: [genes[i] for i in v] for k, v in groups.items()}}
+    write_json(out / "metrics.json", metrics)
+    mean = result["summary"]["mean"]
+    if mean:
+        log(f"c_index over {config.folds} folds: {mean['value']:.3f} [{mean['low']:.3f}, {mean['high']:.3f}]; "
+            f"results in {out}")
+    return metrics

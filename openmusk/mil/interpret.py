@@ -74,7 +74,7 @@ def render_attention(attention: dict[str, dict], out_dir: str | os.PathLike,
                 try:
                     draw_heatmap(src, coords, scores, size, f"{stem}_heatmap.png",
                                  title=f"{pid} / {slide}: attention", label="attention",
-                                 slide_mpp=slide_mpp)
+                                 scale="minmax", slide_mpp=slide_mpp)
                     top_tiles_grid(src, coords, scores, top_k, size, f"{stem}_top_tiles.png",
                                    slide_mpp=slide_mpp)
                     row["images"] = "ok"

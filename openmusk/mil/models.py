@@ -333,11 +333,11 @@ def load_aggregator(aggregator: nn.Module, path: str | os.PathLike, strict: bool
     ``{"matched", "missing", "unexpected", "mismatched"}``; tensors with the wrong shape are left at
     their initial values. With ``strict`` any missing/unexpected/mismatched key is an error.
     """
-    from safetensors.torch import load_file
+    from openmusk.core.io import load_safetensors
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"aggregator weights not found: {path}")
-    loaded = load_file(str(path))
+    loaded = load_safetensors(path, "aggregator weights")
     if any(k.startswith("aggregator.") for k in loaded):
         loaded = {k[len("aggregator."):]: v for k, v in loaded.items() if k.startswith("aggregator.")}
     own = aggregator.state_dict()

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from openmusk.core.io import atomic_path
+from openmusk.core.io import atomic_path, torch_load
 from openmusk.core.optim import build_adamw, param_groups, warmup_cosine
 from openmusk.core.runtime import autocast, resolve_device, resolve_precision
 from openmusk.mil.cohort import collate_bags
@@ -45,6 +45,7 @@ class FitConfig:
     device: str = "auto"        # auto | cpu | cuda | cuda:N
     seed: int = 0
     num_workers: int = 0
+    min_epochs: int = 0         # early stopping never stops before this many epochs
 
 
 class Optimization:
@@ -100,7 +101,7 @@ def load_resume(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     """The state :func:`save_resume` wrote, mapped onto ``device``; None when there is none."""
     if not Path(path).is_file():
         return None
-    return torch.load(path, map_location=device, weights_only=True)
+    return torch_load(path, "resume state", map_location=device)
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -155,7 +156,10 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, task,
 
     Early stopping: stop after ``patience`` epochs without improvement of ``task.score`` on
     ``val_set`` (when the score is undefined, e.g. one class in a tiny validation set, the
-    validation loss decides). Without ``val_set`` the last epoch is kept. ``sample_weights``
+    validation loss decides), never before ``config.min_epochs``. A tie with the best score so far
+    keeps the later epoch (a small validation split is often perfect from epoch 0; the model that
+    trained longer is then kept) but does not reset the patience. Without ``val_set`` the last
+    epoch is kept. ``sample_weights``
     (one per training sample) switches on a weighted sampler with replacement (class-balanced).
     Returns ``{"best_epoch", "best_score", "epochs_run", "history"}``.
     """
@@ -191,6 +195,8 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, task,
             with autocast(device, precision):
                 out = model(batch)
             loss = task.loss(out, batch)
+            if out.get("aux_loss") is not None:  # a model's own training term (e.g. CMTA alignment)
+                loss = loss + out["aux_loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"epoch {epoch}: loss is {loss.item()} on batch {batch['id']}")
             opt.step(loss)
@@ -210,6 +216,8 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, task,
             best = {"score": current, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
             stale = 0
         else:
+            if current == best["score"]:  # tie: prefer the later epoch, keep counting patience
+                best = {"score": current, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
             stale += 1
         if bar is not None:
             bar.update(1)
@@ -217,7 +225,7 @@ def fit(model: nn.Module, train_set: Dataset, val_set: Dataset | None, task,
         if log:
             log(f"epoch {epoch:3d} train_loss {record['train_loss']:.4f}"
                 + "".join(f" {k} {record[k]:.4f}" for k in ("val_score", "val_loss") if k in record))
-        if val_set is not None and stale >= config.patience:
+        if val_set is not None and stale >= config.patience and epoch + 1 >= config.min_epochs:
             break
     if bar is not None:
         bar.close()

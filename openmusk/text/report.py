@@ -13,6 +13,11 @@ the plain embedding.
 
 Cache: ``<cache>.h5``, one group per model fingerprint (name + hash of the language head weights),
 one dataset per report named by the SHA-256 of its text; a changed model never reuses old vectors.
+
+Modes (:data:`REPORT_MODES`, :func:`embed_report_mode`), what a slide-level model sees of a report:
+``raw-windows`` the full report by windows as above (``max_windows`` keeps only the first windows,
+e.g. 1 = MUSK's plain 100-token truncation); ``summary`` the embedding of a short summary of the
+report (:mod:`openmusk.text.summarize`); ``summary+windows`` both, concatenated (2 x D).
 """
 from __future__ import annotations
 
@@ -23,7 +28,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["report_embeddings", "embed_report", "embed_reports", "model_fingerprint", "text_key"]
+__all__ = ["report_embeddings", "embed_report", "embed_reports", "embed_report_mode", "model_fingerprint",
+           "text_key", "REPORT_MODES"]
+
+REPORT_MODES = ("raw-windows", "summary", "summary+windows")
 
 
 def model_fingerprint(model: torch.nn.Module, name: str = "") -> str:
@@ -39,19 +47,23 @@ def text_key(text: str) -> str:
 
 
 def report_embeddings(model: torch.nn.Module, tokenizer, texts: Sequence[str], max_len: int = 100,
-                      batch_size: int = 64, head: bool = True, normalize: bool = True) -> torch.Tensor:
+                      batch_size: int = 64, head: bool = True, normalize: bool = True,
+                      max_windows: int | None = None) -> torch.Tensor:
     """(B, D) embeddings of ``texts`` on the model's device, with gradients when enabled.
 
     Each text is cut into windows of ``max_len - 2`` pieces; all windows of all texts go through
     ``model.encode_text`` in batches of ``batch_size``; each text's windows are averaged with weights
     equal to their piece counts and the mean is L2-normalised (``normalize``). A text within
     ``max_len`` tokens gives exactly its plain embedding. An empty text is an error naming it.
+    ``max_windows`` keeps only each text's first windows (1 = plain truncation to ``max_len``).
     """
     ids, pads, owner, weights = [], [], [], []
     for i, text in enumerate(texts):
         if not str(text).strip():
             raise ValueError(f"text {i} is empty (an empty report carries no information; mark it missing)")
         a, b = tokenizer.encode_chunks(str(text), max_len=max_len)
+        if max_windows:
+            a, b = a[:max_windows], b[:max_windows]
         ids.append(a)
         pads.append(b)
         owner += [i] * len(a)
@@ -79,8 +91,10 @@ def embed_report(model: torch.nn.Module, tokenizer, text: str, max_len: int = 10
 
 def embed_reports(texts: Sequence[str], model: torch.nn.Module, tokenizer,
                   cache: str | os.PathLike | None = None, model_name: str = "",
-                  progress: bool = False, max_len: int = 100, batch_size: int = 16) -> np.ndarray:
-    """(N, D) embeddings of ``texts``, read from / added to the HDF5 ``cache`` when given.
+                  progress: bool = False, max_len: int = 100, batch_size: int = 16,
+                  max_windows: int | None = None) -> np.ndarray:
+    """(N, D) embeddings of ``texts``, read from / added to the HDF5 ``cache`` when given
+    (``max_windows``: see :func:`report_embeddings`; truncated vectors are cached apart).
 
     Empty texts are an error naming their positions (an empty report carries no information and
     would silently become the embedding of ``<s></s>``).
@@ -90,7 +104,7 @@ def embed_reports(texts: Sequence[str], model: torch.nn.Module, tokenizer,
     empty = [i for i, t in enumerate(texts) if not str(t).strip()]
     if empty:
         raise ValueError(f"empty report text at positions {empty[:10]}")
-    group = model_fingerprint(model, model_name)
+    group = model_fingerprint(model, model_name) + (f"-w{max_windows}" if max_windows else "")
     found: dict[str, np.ndarray] = {}
     if cache is not None and os.path.isfile(cache):
         with h5py.File(cache, "r") as f:
@@ -108,13 +122,32 @@ def embed_reports(texts: Sequence[str], model: torch.nn.Module, tokenizer,
                       disable=not progress):
             chunk = todo[s:s + batch_size]
             with torch.no_grad():
-                vecs = report_embeddings(model, tokenizer, chunk, max_len=max_len).cpu().numpy()
+                vecs = report_embeddings(model, tokenizer, chunk, max_len=max_len,
+                                         max_windows=max_windows).cpu().numpy()
             new.update({text_key(t): v for t, v in zip(chunk, vecs)})
         model.train(was_training)
         found.update(new)
         if cache is not None:
             _append_cache(cache, group, new)
     return np.stack([found[text_key(t)] for t in texts]).astype(np.float32)
+
+
+def embed_report_mode(mode: str, reports: Sequence[str], summaries: Sequence[str] | None,
+                      model: torch.nn.Module, tokenizer, cache: str | os.PathLike | None = None,
+                      model_name: str = "", max_windows: int | None = None,
+                      progress: bool = False) -> np.ndarray:
+    """(N, D) or (N, 2D) report vectors in one of :data:`REPORT_MODES` (see the module docstring)."""
+    if mode not in REPORT_MODES:
+        raise ValueError(f"report mode {mode!r}: use one of {REPORT_MODES}")
+    parts = []
+    if mode != "raw-windows":
+        if summaries is None or len(summaries) != len(reports):
+            raise ValueError(f"report mode {mode!r} needs one summary per report")
+        parts.append(embed_reports(summaries, model, tokenizer, cache, model_name, progress))
+    if mode != "summary":
+        parts.append(embed_reports(reports, model, tokenizer, cache, model_name, progress,
+                                   max_windows=max_windows))
+    return np.concatenate(parts, axis=1)
 
 
 def _append_cache(cache: str | os.PathLike, group: str, vectors: dict[str, np.ndarray]) -> None:
