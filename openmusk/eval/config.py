@@ -208,11 +208,9 @@ def paper_grid_config(overrides: Mapping[str, Any] | None = None) -> EvalConfig:
     """The MUSK paper's patch-benchmark grid (``paper_grid.yaml``: the released MUSK on the
     paper's datasets and tasks, ``protocol: musk-paper``) with ``overrides`` (e.g. ``data_root``,
     ``output_dir``) applied; relative paths stay relative to the working directory."""
-    import yaml
+    from openmusk.core.config import read_mapping, replace_config
 
-    from openmusk.core.config import replace_config
-
-    cfg = config_from_dict(EvalConfig, yaml.safe_load(PAPER_GRID.read_text()), str(PAPER_GRID))
+    cfg = config_from_dict(EvalConfig, read_mapping(PAPER_GRID), str(PAPER_GRID))
     return replace_config(cfg, dict(overrides or {}), "--paper override")
 
 

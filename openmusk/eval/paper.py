@@ -1,6 +1,6 @@
 """The MUSK authors' benchmark protocol (``protocol: musk-paper``), number for number.
 
-Each function follows /work/shared/spec/MUSK_BENCHMARK_PROTOCOL.md (the authors' fork of
+Each function follows the protocol document MUSK_BENCHMARK_PROTOCOL.md (the authors' fork of
 CLIP_benchmark, lilab-stanford/MUSK ``benchmarks/clip_benchmark``), where it differs from the
 ``clip-benchmark`` protocol of :mod:`openmusk.eval.tasks`:
 * zero-shot: a class embedding is the mean of its L2-normalised prompt embeddings, NOT

@@ -18,7 +18,7 @@ def test_types_are_converted_or_rejected_with_the_key_named(tmp_path):
     with pytest.raises(ConfigError, match=r"run.yaml: key 'epochs' expects int, got 'ten'"):
         load_config(MilConfig, cfg)
     cfg.write_text("model: transmill\n")
-    with pytest.raises(ConfigError, match=r"key 'model' must be one of \['abmil', 'transmil', 'meanpool'\]"):
+    with pytest.raises(ConfigError, match=r"key 'model' must be one of \['abmil', 'transmil', 'meanpool', 'mcat'"):
         load_config(MilConfig, cfg)
     cfg.write_text("folds: 1\n")
     with pytest.raises(ConfigError, match=r"run.yaml: folds must be >= 2"):

@@ -7,12 +7,12 @@ now ``output_dir``, ``musk_model`` is ``arch``, ``amp: true|false`` is ``precisi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Optional
 
 from openmusk.core.config import path_field
 from openmusk.core.runtime import normalize_precision
 
-__all__ = ["AggregatorPretrainConfig", "SelfTaughtConfig"]
+__all__ = ["AggregatorPretrainConfig", "SelfTaughtConfig", "SlidePromptConfig"]
 
 
 def _amp_to_precision(value: object) -> str:
@@ -45,7 +45,8 @@ class AggregatorPretrainConfig:
     n_genes: int = 2000             # most variable genes kept after log1p
     rna_hidden: list[int] = field(default_factory=lambda: [256, 256])
     max_patches: int = 4096         # random patches per slide per step (memory bound); 0 = all
-    batch_size: int = 32
+    dropout: Optional[float] = None  # dropout of the aggregator (ABMIL / mean pooling) and RNA encoder; None = their defaults
+    batch_size: int = 32            # global: under torchrun each rank embeds its share, CLIP features are gathered
     epochs: int = 50
     lr: float = 1e-4
     weight_decay: float = 0.05
@@ -96,3 +97,35 @@ class SelfTaughtConfig:
     def __post_init__(self) -> None:
         """One spelling of the precision."""
         self.precision = normalize_precision(self.precision)
+
+
+@dataclass
+class SlidePromptConfig:
+    """Slide zero-shot (top-j pooling, or the stage-1 aggregator) and few-shot (text-guided prototypes,
+    or probes on aggregator embeddings) from tile features files."""
+
+    table: str = path_field()       # CSV: slide_id, features (HDF5 path, relative to the CSV), label
+    prompts: str = path_field()     # prompt file: {templates, classnames} or {class: [prompts]}
+    output_dir: str = path_field("mstar_slide_prompts")
+    method: Literal["topj", "aggregator"] = "topj"  # zero-shot: tile scores + top-j, or stage-1 slide embedding
+    few_shot_method: Literal["text_prototype", "linear", "prototype"] = "text_prototype"
+    encoder: str = "musk"           # text side for top-j / text prototypes (tiles: its 'embed' features)
+    weights: str = path_field("hf_hub:xiangjx/musk")  # the encoder's weights
+    stage1_dir: str = path_field("")  # stage-1 output, for method aggregator / few_shot_method linear|prototype
+    topj: list[int] = field(default_factory=lambda: [1, 5, 10, 50, 100])
+    shots: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    few_shot_topj: int = 10         # tiles pooled per class by the text-guided prototypes
+    prior: float = 1.0              # weight of the prompt embedding in a prototype, in shots
+    seeds: int = 5                  # random draws of the k shots
+    device: str = "auto"
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        """Choices and sizes checked before any slide is read."""
+        self.precision = normalize_precision(self.precision)
+        if self.method not in ("topj", "aggregator"):
+            raise ValueError(f"method must be 'topj' or 'aggregator', got {self.method!r}")
+        if self.few_shot_method not in ("text_prototype", "linear", "prototype"):
+            raise ValueError(f"few_shot_method must be text_prototype | linear | prototype, got {self.few_shot_method!r}")
+        if not self.topj or min(self.topj) < 1 or not self.shots or min(self.shots) < 1 or self.seeds < 1:
+            raise ValueError("topj, shots and seeds must be positive")

@@ -73,7 +73,8 @@ def few_shot_slides(features: np.ndarray, labels: Sequence[int], k: int, seeds: 
         aucs.append(roc_auc_score(y[test], prob[:, 1]) if len(classes) == 2
                     else roc_auc_score(y[test], prob, multi_class="ovr"))
     return {"k": k, "method": method, "balanced_accuracy": accs, "auc": aucs,
-            "balanced_accuracy_mean": mean_ci(accs).to_dict(), "auc_mean": mean_ci(aucs).to_dict()}
+            "balanced_accuracy_mean": mean_ci(accs, bounds=(0.0, 1.0)).to_dict(),
+            "auc_mean": mean_ci(aucs, bounds=(0.0, 1.0)).to_dict()}
 
 
 def init_mil_aggregator(mil_model: torch.nn.Module, weights: str | os.PathLike) -> dict:

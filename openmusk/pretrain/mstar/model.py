@@ -49,13 +49,14 @@ class MstarArch:
 class MstarModel(nn.Module):
     """Aggregator and projections; every ``encode_*`` returns L2-normalised (B, embed_dim) embeddings."""
 
-    def __init__(self, arch: MstarArch):
+    def __init__(self, arch: MstarArch, dropout: float | None = None):
         super().__init__()
         self.arch = arch
-        self.aggregator = build_aggregator(arch.aggregator, arch.in_dim, arch.hidden_dim)
+        extra = {} if dropout is None else {"dropout": dropout}  # training-time only: weights do not depend on it
+        self.aggregator = build_aggregator(arch.aggregator, arch.in_dim, arch.hidden_dim, **extra)
         self.slide_proj = nn.Linear(arch.hidden_dim, arch.embed_dim)
         self.report_proj = nn.Linear(arch.text_dim, arch.embed_dim)
-        self.rna_encoder = RnaEncoder(arch.n_genes, arch.embed_dim, arch.rna_hidden) if arch.n_genes else None
+        self.rna_encoder = RnaEncoder(arch.n_genes, arch.embed_dim, arch.rna_hidden, **extra) if arch.n_genes else None
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
     def encode_slide(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 One epoch visits every training patient that has at least two modalities; each step reads a random
 subset of at most ``max_patches`` patches per slide, so memory does not grow with slide size.
+Under ``torchrun`` each rank embeds its share of every global batch (DistributedDataParallel),
+the CLIP loss gathers the embeddings of all ranks with their gradients, and rank 0 writes files.
 After every epoch the state is written atomically (``resume.pt``) and cross-modal retrieval on the
 held-out patients is logged; at the end the model, the aggregator alone (for
 ``openmusk mil train --init-aggregator``), the RNA preprocessing, metrics and a plot are written.
@@ -16,6 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from openmusk.core.dist import barrier, init_distributed, is_main, rank, world_size
 from openmusk.core.io import save_figure, write_json
 from openmusk.mil.cohort import BagDataset, PatientRecord, collate_bags
 from openmusk.pretrain.mstar.cohort import read_pretrain_cohort, read_rna_table
@@ -65,10 +68,11 @@ def _slide_batch(patients: Sequence[PatientRecord], max_patches: int, rng: np.ra
 
 def _forward(model: MstarModel, patients: Sequence[PatientRecord], reports: torch.Tensor | ReportEncoder,
              report_index: dict[str, int], max_patches: int, rng: np.random.Generator,
-             device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Embeddings of every modality for a batch (zeros where absent) and the presence masks."""
-    present = {k: torch.from_numpy(v).to(device) for k, v in _present(patients).items()}
-    b = len(patients)
+             device: torch.device, pad_to: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Embeddings of every modality for a batch (zeros where absent) and the presence masks; ``pad_to``
+    adds absent rows (equal shapes on every rank) and a zero row set for every modality nobody has."""
+    b = max(len(patients), pad_to)
+    present = {k: torch.from_numpy(np.pad(v, (0, b - len(v)))).to(device) for k, v in _present(patients).items()}
     emb: dict[str, torch.Tensor] = {}
 
     def scatter(name: str, idx: list[int], out: torch.Tensor) -> None:
@@ -88,7 +92,29 @@ def _forward(model: MstarModel, patients: Sequence[PatientRecord], reports: torc
     idx = present["rna"].nonzero().flatten().tolist()
     if idx and model.rna_encoder is not None:
         scatter("rna", idx, model.encode_rna(torch.from_numpy(np.stack([patients[i].rna for i in idx])).to(device)))
+    if pad_to:  # the same modalities on every rank, so that the gathers (and their backward) match
+        for name in ("slide", "report") + (("rna",) if model.rna_encoder is not None else ()):
+            if name not in emb:  # a leaf that needs a gradient, so its gather takes part in the backward
+                emb[name] = torch.zeros(b, model.arch.embed_dim, device=device, requires_grad=True)
+                present[name] = torch.zeros(b, dtype=torch.bool, device=device)
     return emb, {k: present[k] for k in emb}
+
+
+class _Step(torch.nn.Module):
+    """One training step's forward (embeddings of this rank's patients + the gathered CLIP loss), as a
+    module so DistributedDataParallel can wrap it; ``text`` is MUSK's language side when tuned."""
+
+    def __init__(self, model: MstarModel, text: torch.nn.Module | None):
+        super().__init__()
+        self.model, self.text = model, text
+        self.loss_fn = TriModalClipLoss()
+
+    def forward(self, patients: Sequence[PatientRecord], reports: torch.Tensor | ReportEncoder,
+                report_index: dict[str, int], max_patches: int, rng: np.random.Generator, device: torch.device,
+                pad_to: int) -> torch.Tensor:
+        """The tri-modal CLIP loss of the global batch (the same value on every rank)."""
+        emb, pres = _forward(self.model, patients, reports, report_index, max_patches, rng, device, pad_to)
+        return self.loss_fn({k: v.float() for k, v in emb.items()}, pres, self.model.logit_scale)[0]
 
 
 @torch.no_grad()
@@ -128,7 +154,8 @@ def retrieval_between_modalities(emb: dict[str, np.ndarray], present: dict[str, 
                 continue
             sim = emb[a][rows] @ emb[b][rows].T
             for name, s in ((f"{a}->{b}", sim), (f"{b}->{a}", sim.T)):
-                rank = (s > np.diag(s)[:, None]).sum(1)
+                # ties count against the query: a collapsed model (all scores equal) ranks last
+                rank = (s >= np.diag(s)[:, None]).sum(1) - 1
                 res = {f"R@{k}": float((rank < k).mean()) for k in ks}
                 res.update({f"chance@{k}": min(1.0, k / len(rows)) for k in ks})
                 res["n"] = int(len(rows))
@@ -183,6 +210,8 @@ def pretrain_aggregator(cfg: AggregatorPretrainConfig, progress: bool = True) ->
     from openmusk.model import create_model, save_checkpoint
     from openmusk.text import get_tokenizer
 
+    distributed = init_distributed()
+    world, me = world_size(), rank()
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)  # once, not per step
     out = Path(cfg.output_dir)
@@ -192,18 +221,24 @@ def pretrain_aggregator(cfg: AggregatorPretrainConfig, progress: bool = True) ->
     prep = _attach_rna(patients, cfg.rna_table, cfg.n_genes)
     kept = out / REPORT_ENCODER_WEIGHTS
     random_text = not cfg.weights or cfg.weights.startswith("random")
-    if random_text and cfg.resume and kept.is_file():  # resuming with the random encoder saved before
+    resume_kept = random_text and cfg.resume and kept.is_file()
+    barrier()  # every rank has looked before rank 0 writes
+    if resume_kept:  # resuming with the random encoder saved before
         musk = create_model(pretrained=str(kept), device=device)
     else:
-        musk = create_model(cfg.arch, pretrained=cfg.weights or "random", device=device)
-        if random_text:  # a random report encoder must be kept: zero-shot needs the very same one
+        musk = create_model(cfg.arch, pretrained=cfg.weights or "random", device=device)  # same seed on all ranks
+        if random_text and is_main():  # a random report encoder must be kept: zero-shot needs the very same one
             save_checkpoint(musk, kept)
     encoder = ReportEncoder(musk, get_tokenizer(), cfg.report_max_len)
     arch = MstarArch(cfg.aggregator, feature_dim, cfg.hidden_dim, cfg.embed_dim, encoder.dim,
                      len(prep.genes) if prep else 0, list(cfg.rna_hidden))
-    model = MstarModel(arch).to(device)
+    model = MstarModel(arch, cfg.dropout).to(device)
     if cfg.text_mode == "frozen":
-        reports, report_index = _frozen_reports(cfg, encoder, patients, out, progress)
+        if not is_main():
+            barrier()  # rank 0 fills the embedding cache first, the others then read it
+        reports, report_index = _frozen_reports(cfg, encoder, patients, out, progress and is_main())
+        if distributed and is_main():
+            barrier()
         del musk, encoder
         encoder = None
     else:
@@ -219,7 +254,12 @@ def pretrain_aggregator(cfg: AggregatorPretrainConfig, progress: bool = True) ->
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     opt = Optimization(groups, cfg.lr, cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch,
                        betas=(0.9, 0.95), clip_norm=1.0, precision=cfg.precision, device=device)
-    loss_fn = TriModalClipLoss()
+    step_module = _Step(model, encoder.musk if encoder is not None else None)
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_module = DistributedDataParallel(step_module, find_unused_parameters=True,
+                                              device_ids=[device.index] if device.type == "cuda" else None)
     history: list[dict] = []
     start = 0
     resume_path = out / "resume.pt"
@@ -235,27 +275,35 @@ def pretrain_aggregator(cfg: AggregatorPretrainConfig, progress: bool = True) ->
         rng = np.random.default_rng([cfg.seed, epoch])
         order = rng.permutation(len(train))
         losses, t0 = [], time.time()
-        bar = tqdm(range(steps_per_epoch), desc=f"stage 1 epoch {epoch + 1}/{cfg.epochs}", disable=not progress)
+        bar = tqdm(range(steps_per_epoch), desc=f"stage 1 epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not (progress and is_main()))
         for step in bar:
             batch = [train[i] for i in order[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
+            local = batch[me::world]  # this rank's share; padded so every rank gathers equal shapes
             with autocast(device, precision):
-                emb, pres = _forward(model, batch, reports, report_index, cfg.max_patches, rng, device)
-                loss, parts = loss_fn({k: v.float() for k, v in emb.items()}, pres, model.logit_scale)
+                loss = step_module(local, reports, report_index, cfg.max_patches, rng, device,
+                                   math.ceil(len(batch) / world) if distributed else 0)
             opt.step(loss)
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.time() - t0}
-        if held_out:
+        if held_out and is_main():
             e, p = embed_patients(model, held_out, reports, report_index, cfg.max_patches, device=device)
             record["retrieval"] = retrieval_between_modalities(e, p)
         history.append(record)
         state = {"model": model.state_dict(), **opt.state_dict(), "epoch": epoch + 1, "history": history}
         if encoder is not None:
             state["text_model"] = encoder.musk.state_dict()
-        save_resume(resume_path, state)
+        if is_main():
+            save_resume(resume_path, state)
+        barrier()
     model.eval()
+    metrics = {"history": history, "final": history[-1] if history else {}, "problems": problems,
+               "n_train": len(train), "n_held_out": len(held_out), "world_size": world}
+    if not is_main():
+        return metrics
     save_stage1(model, out / STAGE1_WEIGHTS)
     save_aggregator(model.aggregator, out / AGGREGATOR_WEIGHTS)
     if encoder is not None:
@@ -263,8 +311,6 @@ def pretrain_aggregator(cfg: AggregatorPretrainConfig, progress: bool = True) ->
     if prep is not None:
         prep.save(out / "rna_preprocessor.json")
     write_json(out / "config.json", config_to_dict(cfg))
-    metrics = {"history": history, "final": history[-1] if history else {}, "problems": problems,
-               "n_train": len(train), "n_held_out": len(held_out)}
     write_json(out / "metrics.json", metrics)
     if history:
         _plot(history, out / "training.png")
