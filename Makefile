@@ -3,13 +3,22 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
+# torch comes from the CPU-only wheel index unless an NVIDIA GPU answers `nvidia-smi -L`; there the
+# default index gives the CUDA build. Override with TORCH_INDEX=URL (or TORCH_INDEX= for the default).
+HAS_NVIDIA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+TORCH_INDEX ?= $(if $(HAS_NVIDIA),,https://download.pytorch.org/whl/cpu)
+TORCH_VERSION ?= 2.13.0
+
 .PHONY: setup demo test bench clean
 
 $(BIN)/openmusk: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# the CPU build of torch first: an unpinned torch would pull several GB of CUDA packages
-	$(BIN)/pip install -q torch==2.13.0
+	@idx="$(TORCH_INDEX)"; \
+	if [ -n "$$idx" ] && ! $(PY) -c "import socket, sys, urllib.parse as u; socket.getaddrinfo(u.urlparse(sys.argv[1]).hostname, 443)" "$$idx" 2>/dev/null; then \
+	  echo "$$idx is unreachable (offline?): torch from pip's own configuration (its local wheels)"; idx=; fi; \
+	echo "torch $(TORCH_VERSION) from $${idx:-pip's configured index}"; \
+	$(BIN)/pip install -q $${idx:+--index-url $$idx} torch==$(TORCH_VERSION)
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 

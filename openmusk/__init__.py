@@ -4,8 +4,12 @@
 >>> model = openmusk.create_model(pretrained="hf_hub:xiangjx/musk")
 >>> tokenizer, transform = openmusk.get_tokenizer(), openmusk.get_transform()
 
-The model API is imported at once; task packages load when first used, so ``import openmusk``
-stays light.
+open_clip's habits work too: ``model, _, preprocess = openmusk.create_model_and_transforms(
+"hf-hub:xiangjx/musk")``, ``tokenizer = openmusk.get_tokenizer("musk_large_patch16_384")``,
+``model.encode_text(tokenizer(texts))``, ``openmusk.list_models()``, ``openmusk.list_pretrained()``.
+
+Every public name loads when first used (PEP 562), so ``import openmusk`` stays light and does
+not import torch.
 """
 from __future__ import annotations
 
@@ -14,14 +18,20 @@ import sys
 
 from .core import __version__
 from .core.lazy import lazy_exports
-from .model import (CONFIGS, DEFAULT_WEIGHTS, CheckpointMismatchError, Musk, MuskConfig,
-                    WeightsNotFoundError, config_from_checkpoint, create_model, get_config,
-                    list_configs, load_checkpoint, resolve_weights, save_checkpoint, weights_available)
 
-
-# public name -> module that defines it, imported on first access (PEP 562)
+# public name -> module that defines it, imported on first access (PEP 562); even the model API
+# waits, so that `openmusk --help` answers without importing torch
+_MODEL_NAMES = ("CONFIGS", "DEFAULT_WEIGHTS", "CheckpointMismatchError", "Musk", "MuskConfig",
+                "WeightsNotFoundError", "config_from_checkpoint", "create_model", "get_config",
+                "list_configs", "load_checkpoint", "resolve_weights", "save_checkpoint", "weights_available")
 _LAZY = {
+    **dict.fromkeys(_MODEL_NAMES, "openmusk.model"),
     "get_tokenizer": "openmusk.text.tokenizer",
+    "TokenBatch": "openmusk.text.tokenizer",
+    "create_model_and_transforms": "openmusk.model.factory",
+    "create_model_from_pretrained": "openmusk.model.factory",
+    "list_models": "openmusk.model.factory",
+    "list_pretrained": "openmusk.model.factory",
     "MuskTokenizer": "openmusk.text.tokenizer",
     "get_transform": "openmusk.data.transforms",
     "MuskTransform": "openmusk.data.transforms",
@@ -58,12 +68,9 @@ _LAZY = {
     "MstarPretrained": "openmusk.pretrain.mstar",
 }
 # task packages, imported on first access: openmusk.eval, openmusk.mil, openmusk.pretrain ...
-_SUBPACKAGES = ("core", "encoders", "eval", "slide", "mil", "pretrain", "text", "data")
+_SUBPACKAGES = ("core", "model", "encoders", "eval", "slide", "mil", "pretrain", "text", "data")
 
-__all__ = ["CONFIGS", "DEFAULT_WEIGHTS", "CheckpointMismatchError", "Musk", "MuskConfig",
-           "WeightsNotFoundError", "config_from_checkpoint", "create_model", "get_config",
-           "list_configs", "load_checkpoint", "resolve_weights", "save_checkpoint",
-           "weights_available", *_LAZY]
+__all__ = [*_LAZY]
 
 
 if "timm" in sys.modules:  # timm already imported by the user: make our names creatable there

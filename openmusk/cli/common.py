@@ -41,18 +41,52 @@ def _alias(p: argparse.ArgumentParser, old: str, new: str, dest: str, **kwargs: 
     p.add_argument(old, action=RenamedFlag, new=new, dest=dest, help=argparse.SUPPRESS, **kwargs)
 
 
-def add_output_arg(p: argparse.ArgumentParser, help: str, required: bool = False, default: Optional[str] = None) -> None:
-    """``--out`` (``--out-dir``/``--output-dir`` accepted)."""
+def add_output_arg(p: argparse.ArgumentParser, help: str, required: bool = False, default: Optional[str] = None,
+                   kind: str = "folder") -> None:
+    """``--out`` (``--out-dir``/``--output-dir`` accepted); ``kind`` is ``file`` or ``folder``.
+
+    The path is checked for writing before the command does any work (:func:`check_output`).
+    """
     p.add_argument("--out", dest="out", required=required, default=default, help=help)
+    p.set_defaults(out_kind=kind)
     for old in ("--out-dir", "--output-dir"):
         _alias(p, old, "--out", "out")
 
 
+def check_output(args: argparse.Namespace) -> None:
+    """Refuse an unwritable ``--out`` (a folder where a file is due, a path under a file, a
+    read-only place) with one line, before any work; called once for every command."""
+    from openmusk.core.errors import check_writable
+
+    if getattr(args, "out", None) and getattr(args, "out_kind", None):
+        check_writable(args.out, folder=args.out_kind == "folder")
+
+
+def _number(kind: type, low: float, inclusive: bool, what: str) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` parsed from the flag's text, refused below ``low``."""
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value != value or value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+    parse.__name__ = what
+    return parse
+
+
+positive_int = _number(int, 1, True, "a positive integer")
+nonnegative_int = _number(int, 0, True, "an integer >= 0")
+positive_float = _number(float, 0.0, False, "a number > 0")
+nonnegative_float = _number(float, 0.0, True, "a number >= 0")
+
+
 def add_workers_arg(p: argparse.ArgumentParser, default: Optional[int] = None) -> None:
     """``--num-workers`` (``--workers`` accepted)."""
-    p.add_argument("--num-workers", dest="num_workers", type=int, default=default,
+    p.add_argument("--num-workers", dest="num_workers", type=nonnegative_int, default=default,
                    help="DataLoader processes reading inputs" + (" (default: %(default)s)" if default is not None else ""))
-    _alias(p, "--workers", "--num-workers", "num_workers", type=int)
+    _alias(p, "--workers", "--num-workers", "num_workers", type=nonnegative_int)
 
 
 def add_progress_arg(p: argparse.ArgumentParser) -> None:
@@ -75,9 +109,36 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
 def add_model_args(p: argparse.ArgumentParser, weights_default: Optional[str] = DEFAULT_WEIGHTS) -> None:
     """``--weights``, ``--device`` and ``--precision``, the way every model command spells them."""
     p.add_argument("--weights", default=weights_default,
-                   help="checkpoint: a .safetensors/.pth path, hf_hub:owner/name, or random[:CONFIG] "
+                   help="checkpoint: a .safetensors/.pth path, hf_hub:owner/name[@revision] (or hf-hub:), "
+                        "or random[:CONFIG] "
                         "(default: %(default)s); the architecture is read from the checkpoint")
     add_runtime_args(p)
+
+
+def add_weights_arg(p: argparse.ArgumentParser, key: str) -> None:
+    """``--weights`` for a config command: sets the config key ``key`` (the MUSK weights it loads)."""
+    p.add_argument("--weights", default=None,
+                   help=f"MUSK weights: a .safetensors/.pth path, hf_hub:owner/name[@revision] (or hf-hub:), "
+                        f"or random[:CONFIG] to "
+                        f"try the command without the released weights (sets the config key {key!r}; "
+                        f"default: the config's, else hf_hub:xiangjx/musk)")
+
+
+RANDOM_WEIGHTS_WARNING = (
+    "RANDOM WEIGHTS ({weights}): MUSK runs RANDOMLY INITIALISED. Everything runs and every file is "
+    "written in its real format, but the numbers are MEANINGLESS: use this to try and script the "
+    "command, never for results. Real weights: --weights PATH or hf_hub:xiangjx/musk (gated).")
+
+
+def warn_random_weights(weights: Any) -> None:
+    """The loud stderr banner (as the demo's) when ``weights`` asks for random weights."""
+    if isinstance(weights, str) and weights.startswith("random"):
+        import sys
+        import textwrap
+
+        bar = "!" * 78
+        body = textwrap.fill(RANDOM_WEIGHTS_WARNING.format(weights=weights), 78)
+        print(f"{bar}\n{body}\n{bar}", file=sys.stderr)
 
 
 def add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -121,6 +182,12 @@ def run_configured(args: argparse.Namespace, cls: type, run: Callable[[Any], Any
     cfg = config_from_args(args, cls, flags, command)
     if cfg is None:
         return None
+    if getattr(cfg, "output_dir", None):
+        from openmusk.core.errors import check_writable
+
+        check_writable(cfg.output_dir, folder=True)
+    for key in ("weights", "report_weights"):  # the MUSK weights a config command loads
+        warn_random_weights(getattr(cfg, key, None))
     try:
         return cfg, run(cfg)
     except errors as e:

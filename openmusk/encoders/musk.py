@@ -33,9 +33,10 @@ class MuskUint8Transform:
     def __call__(self, img) -> torch.Tensor:
         import numpy as np
 
+        from openmusk.core.images import to_rgb
         from openmusk.data.transforms import center_crop, resize_shorter_side
 
-        img = center_crop(resize_shorter_side(img.convert("RGB"), self.img_size), self.img_size)
+        img = center_crop(resize_shorter_side(to_rgb(img), self.img_size), self.img_size)
         return torch.from_numpy(np.array(img, dtype=np.uint8))
 
 
@@ -109,12 +110,18 @@ class MuskEncoder:
 def musk_encoder(weights: str | None = DEFAULT_WEIGHTS, arch: str | None = None, device: Any = None,
                  precision: str | None = None, name: str | None = None, multiscale: bool = True,
                  model: torch.nn.Module | None = None) -> MuskEncoder:
-    """MUSK from weights (a file, ``hf_hub:owner/name``, or ``random[:ARCH]``) or a built ``model``."""
+    """MUSK from weights (a file, ``hf_hub:owner/name``, or ``random[:ARCH]``) or a built ``model``.
+
+    A model built here for bf16/fp16 is cast once for inference (LayerNorm, GELU and softmax stay in
+    float32: :func:`openmusk.model.inference.cast_for_inference`); a ``model`` given is left as it is.
+    """
     dev = resolve_device(device)
     if model is None:
         from openmusk.model import create_model
+        from openmusk.model.inference import cast_for_inference
 
         model = create_model(arch, pretrained=weights or "random", device=dev)
+        cast_for_inference(model, resolve_precision(precision or "fp32", dev))
     m = model.to(dev)
     return MuskEncoder(m, name=name or "musk", precision=precision or "fp32", multiscale=multiscale)
 

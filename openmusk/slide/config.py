@@ -35,7 +35,7 @@ class ExtractConfig:
     precision: str = "auto"          # auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     device: str = "auto"             # auto: cuda:LOCAL_RANK when available, else cpu
     slide_mpp: float | None = None   # level-0 µm/px for files that state none (PNG/JPEG, some TIFFs)
-    segment_mpp: float = 8.0         # thumbnail resolution for tissue segmentation
+    segment_mpp: float = 4.0         # thumbnail resolution for tissue segmentation (thin strands need 4)
     layout: str = "openmusk"         # output folders: openmusk | trident | clam (their tools read them as is)
     coords_dir: str | None = path_field(None)   # encode exactly these tiles (TRIDENT/CLAM coords files)
     tiling: TilingConfig = field(default_factory=TilingConfig)

@@ -7,6 +7,7 @@ merged into ``summary.csv`` under a file lock.
 """
 from __future__ import annotations
 
+import glob
 import os
 import time
 import traceback
@@ -21,7 +22,7 @@ from openmusk.slide.encode import extract_slide, load_slide_encoder, tiles_for_s
 from openmusk.slide.reader import SlideError, list_slides, open_slide
 from openmusk.slide.summary import SlideResult, merge_summary, write_summary
 
-__all__ = ["extract_features", "tile_slides"]
+__all__ = ["extract_features", "tile_slides", "clear_leftovers"]
 
 Slides = str | os.PathLike | Iterable[str | os.PathLike]
 
@@ -41,9 +42,36 @@ def extract_features(slides: Slides, out_dir: str | os.PathLike, config: Extract
                        lambda p: extract_slide(p, out_dir, encoder, config, progress=progress), progress)
 
 
+def clear_leftovers(out_dir: str | os.PathLike, name: str) -> list[str]:
+    """Before slide ``name`` is (re)done: remove the temp files a killed run left for it and its
+    outputs that cannot be opened (0-byte, truncated, not HDF5); returns one note per removal.
+
+    Only this slide's own files under ``out_dir`` (any layout's subfolders) are touched; under
+    torchrun the slide belongs to this rank alone. Readable files, ours or another tool's, stay.
+    """
+    import h5py
+
+    out_dir, notes = Path(out_dir), []
+    if not out_dir.is_dir():
+        return notes
+    stem = glob.escape(name)
+    for tmp in out_dir.glob(f"**/.{stem}.h5.*.tmp"):
+        tmp.unlink(missing_ok=True)
+        notes.append(f"removed stale temp file {tmp.relative_to(out_dir)}")
+    for target in out_dir.glob(f"**/{stem}.h5"):
+        try:
+            with h5py.File(target, "r"):
+                pass
+        except OSError as e:
+            target.unlink()
+            notes.append(f"redone: {target.relative_to(out_dir)} was unreadable ({str(e).splitlines()[0][:120]})")
+    return notes
+
+
 def tile_slides(slides: Slides, out_dir: str | os.PathLike, config: ExtractConfig | None = None,
                 progress: bool = True) -> list[SlideResult]:
-    """Segment and tile every slide: ``out_dir/coords/NAME.h5`` and ``out_dir/tissue/NAME.geojson``.
+    """Segment and tile every slide: ``out_dir/coords/NAME.h5`` and ``out_dir/tissue/NAME.geojson``
+    (in ``config.layout``: TRIDENT's ``patches/NAME_patches.h5``, CLAM's ``patches/NAME.h5``).
 
     Extraction into the same ``out_dir`` later reuses these coords. Summary: ``tiling_summary.csv``.
     """
@@ -63,7 +91,9 @@ def tile_slides(slides: Slides, out_dir: str | os.PathLike, config: ExtractConfi
 
 
 def _slide_paths(slides: Slides) -> list[Path]:
-    """Slide paths from a folder or a list; names must be unique (they name the output files)."""
+    """Slide paths from a folder, one slide file or a list; names must be unique (they name the outputs)."""
+    if isinstance(slides, (str, os.PathLike)) and Path(slides).is_file():
+        slides = [slides]
     paths = list_slides(slides) if isinstance(slides, (str, os.PathLike)) else [Path(p) for p in slides]
     names = [p.stem for p in paths]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -85,7 +115,10 @@ def _run_folder(paths: list[Path], out_dir: Path, summary: str, work: Callable[[
     for path in overall:
         start = time.perf_counter()
         try:
+            notes = clear_leftovers(out_dir, path.stem)
             result = work(path)
+            if notes:
+                result.error = "; ".join([*notes, result.error] if result.error else notes)
         except Exception as e:  # one bad slide must not stop the others
             detail = f"{type(e).__name__}: {e}"
             if not isinstance(e, (SlideError, ValueError, OSError)):

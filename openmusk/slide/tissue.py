@@ -1,6 +1,7 @@
 """Tissue segmentation on a slide thumbnail: a classical segmenter behind a small protocol.
 
-The classical segmenter thresholds HSV saturation with Otsu's method, rejects white/black
+The classical segmenter thresholds HSV saturation with Otsu's method (capped, so that faint tissue
+such as loose dermis or a thin strand is not cut away with the glass), rejects white/black
 background and pen marks (green, blue, black ink) by colour, cleans up with morphology, fills small
 holes and drops specks below a minimum area. Any object with ``__call__(rgb, mpp) -> bool mask``
 (e.g. a deep segmenter) can replace it. Masks are traced into GeoJSON polygons in level-0 pixels.
@@ -13,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from scipy import ndimage
 
+from openmusk.slide.geojson import annotation
 from openmusk.slide.reader import Slide
 
 __all__ = ["Segmenter", "ClassicalSegmenter", "TissueMask", "segment_tissue", "otsu_threshold",
@@ -48,13 +50,14 @@ class ClassicalSegmenter:
     """Saturation/Otsu tissue detector with background and pen-mark rejection (all sizes in µm)."""
 
     min_saturation: float = 0.07       # Otsu's cut is never allowed below this (faint glass)
+    max_saturation_cut: float = 0.15   # nor above this: Otsu splits dark from pale tissue on tissue-rich views
     white_level: int = 220             # pixels brighter than this in every channel are background
     black_level: int = 40              # darker than this in every channel: black ink or slide edge
     pen_hue_range: tuple[float, float] = (70.0, 250.0)  # degrees: green, cyan, blue inks (H&E is 250-20)
     pen_min_saturation: float = 0.25
-    smooth_um: float = 16.0            # morphological closing/opening radius
-    min_area_um2: float = 20000.0      # connected components smaller than this are specks
-    max_hole_area_um2: float = 20000.0  # holes smaller than this are filled (larger: real gaps)
+    smooth_um: float = 8.0             # morphological closing/opening radius
+    min_area_um2: float = 5000.0       # connected components smaller than this are specks
+    max_hole_area_um2: float = 5000.0  # holes smaller than this are filled (larger: real gaps)
 
     def __call__(self, rgb: np.ndarray, mpp: float) -> np.ndarray:
         """Boolean tissue mask of the (H, W, 3) uint8 thumbnail at ``mpp`` µm per pixel."""
@@ -68,7 +71,8 @@ class ClassicalSegmenter:
         background = (rgb.min(axis=2) >= self.white_level) | (rgb.max(axis=2) <= self.black_level)
         pen = (hue >= self.pen_hue_range[0]) & (hue <= self.pen_hue_range[1]) & (sat >= self.pen_min_saturation)
         candidates = sat[~background]
-        cut = max(otsu_threshold(candidates), self.min_saturation) if candidates.size else 1.0
+        cut = (max(min(otsu_threshold(candidates), self.max_saturation_cut), self.min_saturation)
+               if candidates.size else 1.0)
         mask = (sat >= cut) & ~background & ~pen
         radius = max(1, int(round(self.smooth_um / mpp)))
         disk = _disk(radius)
@@ -97,7 +101,7 @@ class TissueMask:
         return polygons_to_geojson(self.polygons, "Tissue")
 
 
-def segment_tissue(slide: Slide, segmenter: Segmenter | None = None, mpp: float = 8.0,
+def segment_tissue(slide: Slide, segmenter: Segmenter | None = None, mpp: float = 4.0,
                    max_size: int = 4096) -> tuple[TissueMask, np.ndarray]:
     """Segment tissue on a thumbnail at ``mpp`` µm/px; returns the mask and the thumbnail array."""
     segmenter = segmenter or ClassicalSegmenter()
@@ -107,14 +111,16 @@ def segment_tissue(slide: Slide, segmenter: Segmenter | None = None, mpp: float 
     if mask.shape != rgb.shape[:2]:
         raise ValueError(f"{slide.path}: segmenter returned a mask of shape {mask.shape} for a "
                          f"thumbnail of shape {rgb.shape[:2]}")
-    return TissueMask(mask, downsample, mask_to_polygons(mask, downsample)), rgb
+    scale = np.asarray(slide.dimensions, np.float64) / mask.shape[::-1]   # per axis: outlines end at the slide edge
+    return TissueMask(mask, downsample, mask_to_polygons(mask, scale)), rgb
 
 
-def mask_to_polygons(mask: np.ndarray, downsample: float = 1.0) -> list[dict[str, Any]]:
+def mask_to_polygons(mask: np.ndarray, downsample: float | np.ndarray = 1.0) -> list[dict[str, Any]]:
     """Trace a boolean mask into polygons (exterior + holes) in level-0 pixel coordinates.
 
     Uses contourpy (matplotlib's contouring engine) on the mask padded by one pixel, so every
-    outline is closed; a mask pixel (i, j) covers level-0 [j, j+1) x [i, i+1) times ``downsample``.
+    outline is closed; a mask pixel (i, j) covers level-0 [j, j+1) x [i, i+1) times ``downsample``
+    (a number, or (x, y) factors).
     """
     import contourpy
 
@@ -132,10 +138,8 @@ def mask_to_polygons(mask: np.ndarray, downsample: float = 1.0) -> list[dict[str
 
 
 def polygons_to_geojson(polygons: list[dict[str, Any]], classification: str) -> dict[str, Any]:
-    """Wrap polygons as a GeoJSON FeatureCollection of QuPath annotations."""
-    features = [{"type": "Feature", "geometry": geom,
-                 "properties": {"objectType": "annotation", "classification": {"name": classification}}}
-                for geom in polygons]
+    """Wrap polygons as a GeoJSON FeatureCollection of QuPath annotations (classification with colour)."""
+    features = [annotation(geom, classification=classification) for geom in polygons]
     return {"type": "FeatureCollection", "features": features}
 
 

@@ -10,6 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
+from PIL import Image
+
 from openmusk.cli import main
 
 
@@ -26,6 +28,14 @@ def test_demo_writes_an_honest_report(tmp_path: Path, capsys: pytest.CaptureFixt
         assert (out / src).is_file(), src
     assert {"thumbnail.png", "tissue_mask.png", "tiles.png", "heatmap_epidermis.png", "top_dermis.png"} <= {
         p.name for p in out.iterdir()}
+    # the viewer: linked from the report, its pyramid, overlays and OpenSeadragon (licence kept) beside it
+    assert "href=\"viewer.html\"" in page
+    viewer = (out / "viewer.html").read_text()
+    for name in ("openseadragon/openseadragon.min.js", "openseadragon/LICENSE.txt", "slide.dzi",
+                 "slide_files/0/0_0.jpeg", *(f"overlays/{c}.png" for c in ("epidermis", "dermis", "adipose", "background"))):
+        assert (out / name).is_file(), name
+    assert '"overlays/dermis.png"' in viewer and '"Width": "2220"' in viewer
+    assert "the probability 0-1" in page and Image.open(out / "top_dermis.png").size[0] == 5 * 256
 
     with h5py.File(out / "features" / "cmu_small_region.h5") as f:
         feats, coords = f["features"][:], f["coords"][:]
@@ -65,3 +75,26 @@ def test_demo_old_flag_spellings_still_parse(capsys: pytest.CaptureFixture) -> N
     assert (args.weights, args.quiet, args.num_workers, args.precision, args.device) == ("random", True, 1, None, None)
     err = capsys.readouterr().err
     assert "--random-weights is now spelled --weights random" in err and "--no-progress is now spelled --quiet" in err
+
+
+def test_demo_classes_from_labels_or_a_prompts_file(tmp_path: Path, monkeypatch, capsys) -> None:
+    import openmusk.slide.demo as demo
+
+    seen = {}
+    monkeypatch.setattr(demo, "run_demo", lambda out, **kw: seen.update(kw) or (_ for _ in ()).throw(ValueError("stop")))
+    assert main(["demo", "--labels", "tumour, stroma,necrosis", "--out", str(tmp_path / "a")]) == 2
+    assert seen["prompts"] == {"tumour": ["tumour"], "stroma": ["stroma"], "necrosis": ["necrosis"]}
+    assert seen["templates"] is None                              # generic templates, no skin wording
+    prompts = tmp_path / "p.yaml"
+    prompts.write_text("classes:\n  carcinoma: [invasive carcinoma, tumour cells]\n  stroma: stroma\n"
+                       "templates: ['an H&E image of {c}.']\n")
+    assert main(["demo", "--prompts", str(prompts), "--out", str(tmp_path / "b")]) == 2
+    assert seen["prompts"] == {"carcinoma": ["invasive carcinoma", "tumour cells"], "stroma": ["stroma"]}
+    assert seen["templates"] == ["an H&E image of {c}."]
+    capsys.readouterr()
+    prompts.write_text("only: [one class]\n")
+    assert main(["demo", "--prompts", str(prompts)]) == 2
+    assert "p.yaml: expected at least two classes" in capsys.readouterr().err
+    assert main(["demo", "--labels", "tumour"]) == 2
+    assert "at least two distinct" in capsys.readouterr().err
+    assert demo.GENERIC_TEMPLATES and all("skin" not in t for t in demo.GENERIC_TEMPLATES)
