@@ -10,7 +10,8 @@ import argparse
 import sys
 
 from . import CliError
-from .common import RenamedFlag, add_model_args, add_output_arg, add_progress_arg, add_workers_arg
+from .common import positive_int, RenamedFlag, add_model_args, add_output_arg, add_progress_arg, add_workers_arg
+from .common import warn_random_weights
 
 
 def _encoder_args(p: argparse.ArgumentParser) -> None:
@@ -31,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          description="Embed image files. Unreadable images are skipped and listed "
                                      "in OUT.errors.csv; the output is written atomically.")
     im.add_argument("inputs", nargs="+", help="image files and/or folders")
-    add_output_arg(im, "output HDF5 file", required=True)
-    im.add_argument("--batch-size", type=int, default=32)
+    add_output_arg(im, "output HDF5 file", required=True, kind="file")
+    im.add_argument("--batch-size", type=positive_int, default=32)
     add_workers_arg(im, default=2)
     im.add_argument("--kind", choices=("embed", "probe"), default="embed",
                     help="embed: the cross-modal embedding (default); probe: features for linear probes "
@@ -51,8 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "are embedded window by window and combined, never cut.")
     tx.add_argument("file", help=".txt with one text per line, or .csv/.tsv with a text column")
     tx.add_argument("--column", default="text", help="CSV column holding the text (default: %(default)s)")
-    add_output_arg(tx, "output HDF5 file", required=True)
-    tx.add_argument("--batch-size", type=int, default=64)
+    add_output_arg(tx, "output HDF5 file", required=True, kind="file")
+    tx.add_argument("--batch-size", type=positive_int, default=64)
     tx.add_argument("--raw", action="store_true", help="MUSK's CLS before the head, unnormalised")
     _encoder_args(tx)
     add_progress_arg(tx)
@@ -80,6 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _encoder_kwargs(args: argparse.Namespace, encoder: str | None = None) -> dict:
     """Arguments of the library call that build the encoder (weights only when given)."""
     kwargs = {"encoder": encoder or args.encoder, "device": args.device, "precision": args.precision}
+    warn_random_weights(args.weights)
     if args.weights is not None:
         kwargs["weights"] = args.weights
     return kwargs

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from openmusk.pretrain.presets import PRESETS
+
 
 DESCRIPTION = """\
 Pretrain MUSK on your own tissue and text, following the paper's two-stage recipe.
@@ -15,6 +17,8 @@ Pretrain MUSK on your own tissue and text, following the paper's two-stage recip
   contrastive   stage 2: CLIP loss + auxiliary cross-attention MLM on image-text pairs
   filter        score pairs with a trained model and keep all but the least similar ones
 
+`--preset musk-large-stage1|musk-large-stage2|musk-large-tokenizer` (and -paper variants of the
+stages) start from the authors' recipe with the source of every number (`--example` prints it).
 Each takes one YAML file whose keys are the fields of its config dataclass
 (openmusk.pretrain.config; relative paths in it are taken relative to the file); `--example`
 prints the defaults to start from, `--set train.lr=1e-4` overrides a key, `--device` and
@@ -50,7 +54,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         add_config_args(s)
         if section is not None:
             add_runtime_args(s)
+        names = [n for n, pr in PRESETS.items() if pr.stage == name]
+        if names:
+            s.add_argument("--preset", choices=names, help="start from a named recipe (the authors' code, or "
+                           "the paper's with -paper), each value with its source; the config file and "
+                           "--set override it; with --example prints it")
         s.set_defaults(func=_run)
+
+
+def _run_preset(args: argparse.Namespace, cls: type, run, flags: dict):
+    """Like ``run_configured``, but the config starts from ``--preset`` (then the file, then --set)."""
+    from openmusk.cli import CliError
+    from openmusk.core.config import ConfigError, parse_overrides
+    from openmusk.core.errors import check_writable
+    from openmusk.pretrain.presets import preset_config, preset_yaml
+
+    if args.example:
+        print(preset_yaml(cls, args.preset), end="")
+        return None
+    try:
+        overrides = {**parse_overrides(args.overrides), **flags}
+        cfg = preset_config(cls, args.preset, args.config, overrides, stage=args.stage)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        raise CliError(str(e)) from None
+    check_writable(cfg.output_dir, folder=True)
+    try:
+        return cfg, run(cfg)
+    except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
+        raise CliError(str(e).strip("'\"") if isinstance(e, KeyError) else str(e)) from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -60,8 +91,12 @@ def _run(args: argparse.Namespace) -> int:
 
     cls_name, fn_name, _, section = _STAGES[args.stage]
     flags = {} if section is None else {f"{section}device": args.device, f"{section}precision": args.precision}
-    done = run_configured(args, getattr(config_mod, cls_name), getattr(stages, fn_name), f"pretrain {args.stage}",
-                          flags, errors=(FileNotFoundError, ValueError, KeyError, ImportError))
+    cls, run = getattr(config_mod, cls_name), getattr(stages, fn_name)
+    if getattr(args, "preset", None):
+        done = _run_preset(args, cls, run, {k: v for k, v in flags.items() if v is not None})
+    else:
+        done = run_configured(args, cls, run, f"pretrain {args.stage}", flags,
+                              errors=(FileNotFoundError, ValueError, KeyError, ImportError))
     if done is None:
         return 0
     _, result = done

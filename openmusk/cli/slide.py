@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from openmusk.cli import CliError
-from openmusk.cli.common import (RenamedFlag, add_output_arg, add_progress_arg, add_runtime_args,
+from openmusk.cli.common import (positive_float, positive_int, RenamedFlag, add_output_arg, add_progress_arg, add_runtime_args,
                                  add_workers_arg, config_from_args)
+from openmusk.cli.common import warn_random_weights
 
 if TYPE_CHECKING:
     from openmusk.slide.config import ExtractConfig
@@ -16,8 +17,12 @@ EXTRACT_HELP = """\
 Segment tissue, tile at a target magnification and encode every tile (MUSK by default, or any
 --encoder: a registry name or your own module:function), writing one HDF5 file per slide in the
 TRIDENT/CLAM layout (datasets `features` (N, D) and `coords` (N, 2) int64, level-0 top-left, with
-attributes naming the encoder). A rerun skips finished slides; an unreadable slide is listed as
-failed in FEATURES_DIR/summary.csv and the others go on. Flags override --config and --set.
+attributes naming the encoder: musk_multiscale (2048-d, the default) or musk (--single-scale,
+1024-d, TRIDENT's musk)). --layout trident|clam writes the folders those tools read
+(features_<encoder>/ + patches/NAME_patches.h5; h5_files/ + pt_files/ + patches/NAME.h5 with CLAM's
+patch_level/patch_size); --coords-dir encodes exactly another tool's tiles. A rerun skips
+finished slides; an unreadable slide is listed as failed in FEATURES_DIR/summary.csv and the
+others go on. Flags override --config and --set.
 Spread over GPUs and machines with torchrun:
 
   torchrun --nproc_per_node 8 -m openmusk slide extract SLIDES_DIR --out FEATURES_DIR
@@ -35,14 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = sub.add_parser("info", help="levels, sizes and microns per pixel of a slide",
                           description="Print a slide's pyramid levels, downsamples and microns per pixel.")
     info.add_argument("slide", help="slide file (SVS, NDPI, MRXS, TIFF, ... or PNG/JPEG)")
-    info.add_argument("--mpp", type=float, help="microns per pixel, for files that do not state it")
+    info.add_argument("--mpp", type=positive_float, help="microns per pixel, for files that do not state it")
     info.set_defaults(func=_info)
 
     tile = sub.add_parser("tile", help="segment tissue and cut tiles (coords files, no model)",
                           description="Segment tissue and tile every slide: OUT/coords/NAME.h5 (coords "
                                       "only) and OUT/tissue/NAME.geojson. `extract` with the same --out "
                                       "reuses them.")
-    tile.add_argument("slides", nargs="?", help="folder of slides")
+    tile.add_argument("slides", nargs="?", help="folder of slides, or one slide file")
     add_output_arg(tile, "output folder")
     _add_config_args(tile)
     _add_tiling_args(tile)
@@ -51,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     ex = sub.add_parser("extract", help="features of every slide in a folder (HDF5 per slide)",
                         description=EXTRACT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ex.add_argument("slides", nargs="?", help="folder of slides (SLIDES_DIR)")
+    ex.add_argument("slides", nargs="?", help="folder of slides (SLIDES_DIR), or one slide file")
     add_output_arg(ex, "features folder (FEATURES_DIR)")
     _add_config_args(ex)
     ex.add_argument("--encoder", help="registry name (musk, musk_singlescale, timm, open_clip, hf, ...) or "
@@ -64,11 +69,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--model", action=RenamedFlag, new="--arch", dest="arch", help=argparse.SUPPRESS)
     ex.add_argument("--random-weights", action=RenamedFlag, new="--weights random", dest="weights",
                     const="random", help=argparse.SUPPRESS)
-    ex.add_argument("--batch-size", type=int, help="tiles per forward pass (default 32)")
+    ex.add_argument("--batch-size", type=positive_int, help="tiles per forward pass (default 32)")
     add_workers_arg(ex)
     add_runtime_args(ex)
     ex.add_argument("--single-scale", action="store_true",
                     help="MUSK: D-d single-scale CLS features instead of the 2D-d multiscale ones")
+    ex.add_argument("--coords-dir", help="encode exactly the tiles in this folder's coords files (TRIDENT "
+                                         "NAME_patches.h5 or CLAM NAME.h5, also under patches/); read only")
     _add_tiling_args(ex)
     add_progress_arg(ex)
     ex.set_defaults(func=_extract)
@@ -79,9 +86,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     hm.add_argument("slide", help="slide file")
     hm.add_argument("--scores", required=True, help="CSV with x, y, width and the score column")
     hm.add_argument("--column", default="score", help="score column (default: score)")
-    add_output_arg(hm, "output PNG", required=True)
+    add_output_arg(hm, "output PNG", required=True, kind="file")
     hm.add_argument("--geojson", help="also write the tile scores as GeoJSON for QuPath")
-    hm.add_argument("--mpp", type=float, help="microns per pixel, for files that do not state it")
+    hm.add_argument("--mpp", type=positive_float, help="microns per pixel, for files that do not state it")
+    hm.add_argument("--scale", choices=("probability", "minmax"), default="probability",
+                    help="colour scale: probability = 0 to 1, the same in every heatmap (default); "
+                         "minmax = the scores' own range (attention, unbounded scores)")
     hm.set_defaults(func=_heatmap)
 
 
@@ -96,11 +106,13 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _add_tiling_args(p: argparse.ArgumentParser) -> None:
     """Tiling flags shared by ``tile`` and ``extract`` (unset flags keep the config's values)."""
-    p.add_argument("--target-mpp", type=float, help="tile resolution in µm/px (default 0.5 ≈ 20x)")
-    p.add_argument("--tile-size", type=int, help="tile side in pixels (default 384)")
+    p.add_argument("--target-mpp", type=positive_float, help="tile resolution in µm/px (default 0.5 ≈ 20x)")
+    p.add_argument("--tile-size", type=positive_int, help="tile side in pixels (default 384)")
     p.add_argument("--overlap", type=float, help="fraction shared by neighbouring tiles (default 0)")
     p.add_argument("--min-tissue", type=float, help="minimum tissue fraction of a tile (default 0.25)")
-    p.add_argument("--mpp", type=float, help="level-0 µm/px for slides that do not state it")
+    p.add_argument("--mpp", type=positive_float, help="level-0 µm/px for slides that do not state it")
+    p.add_argument("--layout", choices=("openmusk", "trident", "clam"),
+                   help="output folders: openmusk (default), trident or clam (their commands read them as is)")
 
 
 def _config(args: argparse.Namespace) -> ExtractConfig | None:
@@ -113,7 +125,8 @@ def _config(args: argparse.Namespace) -> ExtractConfig | None:
     if args.slide_command == "extract":
         flags.update(encoder=args.encoder, weights=args.weights, arch=args.arch, batch_size=args.batch_size,
                      num_workers=args.num_workers, precision=args.precision, device=args.device,
-                     multiscale=False if args.single_scale else None)
+                     multiscale=False if args.single_scale else None, coords_dir=args.coords_dir)
+    flags["layout"] = args.layout
     config = config_from_args(args, ExtractConfig, flags, command=f"slide {args.slide_command}")
     if config is not None and (not args.slides or not args.out):
         raise CliError("give the slides folder and --out (see --help)")
@@ -163,6 +176,7 @@ def _extract(args: argparse.Namespace) -> int:
     config = _config(args)
     if config is None:
         return 0
+    warn_random_weights(config.weights)
     try:
         encoder = load_slide_encoder(config)
     except WeightsNotFoundError as e:
@@ -213,10 +227,15 @@ def _heatmap(args: argparse.Namespace) -> int:
     coords, scores = table[:, :2].astype(np.int64), table[:, 3]
     try:
         path = draw_heatmap(args.slide, coords, scores, int(sizes[0]), args.out, label=args.column,
-                            slide_mpp=args.mpp)
+                            scale=args.scale, slide_mpp=args.mpp)
     except (SlideError, ValueError) as e:
         raise CliError(str(e)) from e
     print(f"heatmap: {path}")
     if args.geojson:
-        print(f"tile scores: {export_tile_scores(coords, scores, int(sizes[0]), args.geojson, names=[args.column])}")
+        from openmusk.slide.reader import open_slide
+
+        with open_slide(args.slide, default_mpp=args.mpp) as s:
+            bounds = s.dimensions
+        path = export_tile_scores(coords, scores, int(sizes[0]), args.geojson, names=[args.column], bounds=bounds)
+        print(f"tile scores: {path}")
     return 0

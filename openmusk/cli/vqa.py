@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 from . import CliError
-from .common import (RenamedFlag, add_config_args, add_output_arg, add_runtime_args, add_workers_arg,
+from .common import (positive_int, RenamedFlag, add_config_args, add_output_arg, add_runtime_args, add_workers_arg,
                      run_configured)
+from .common import add_weights_arg
 
 _TRAIN_HELP = """\
 Fine-tune MUSK for VQA the BEiT-3 way (image + question fused through the multiway transformer,
@@ -21,7 +22,7 @@ openmusk.eval.vqa.VQATrainConfig (all of them: --example), for example:
   batch_size: 16
   accum_steps: 8
   lr: 2.0e-5
-  freeze: full                 # full | last_k | heads
+  freeze: none                 # frozen: none | last_k (all but the last last_k layers) | encoder
   precision: bf16              # auto (default: bf16 on a GPU, fp32 on cpu) | fp32 | bf16 | fp16
 
 Relative paths are taken relative to the YAML file. Writes OUTPUT_DIR/model.safetensors
@@ -40,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                          description=_TRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_args(tr)
     add_output_arg(tr, help="checkpoint folder (overrides output_dir of the config)")
+    add_weights_arg(tr, "weights")
     add_runtime_args(tr)
     add_workers_arg(tr)
     tr.set_defaults(func=_train)
@@ -54,22 +56,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--image-root", help="base folder for relative image paths of a table")
     ev.add_argument("--predictions", help="per-question predictions file (.csv or .jsonl)")
     ev.add_argument("--metrics", help="write the metrics as JSON here")
-    ev.add_argument("--compare", help="predictions file of another run: Mann-Whitney U on per-question "
-                                      "correctness (needs --predictions)")
+    ev.add_argument("--compare", help="predictions file of another run: exact McNemar test on "
+                                      "per-question correctness (needs --predictions)")
     ev.add_argument("--plot", help="bar chart of the accuracies with 95%% CIs (.png/.pdf)")
-    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--batch-size", type=positive_int, default=32)
     add_workers_arg(ev, default=2)
-    ev.add_argument("--n-resamples", dest="n_resamples", type=int, default=1000,
+    ev.add_argument("--n-resamples", dest="n_resamples", type=positive_int, default=1000,
                     help="bootstrap resamples for the CIs (default: %(default)s)")
-    ev.add_argument("--resamples", action=RenamedFlag, new="--n-resamples", dest="n_resamples", type=int,
+    ev.add_argument("--resamples", action=RenamedFlag, new="--n-resamples", dest="n_resamples", type=positive_int,
                     help=argparse.SUPPRESS)
     add_runtime_args(ev)
     ev.set_defaults(func=_eval)
 
-    cp = vsub.add_parser("compare", help="compare two runs' predictions (Mann-Whitney U)",
-                         description="Accuracies of two prediction files on their shared questions and "
-                                     "a two-sided Mann-Whitney U test on per-question correctness, "
-                                     "overall and on closed / open questions.")
+    cp = vsub.add_parser("compare", help="compare two runs' predictions (exact McNemar)",
+                         description="Accuracies of two prediction files on their shared questions, "
+                                     "an exact McNemar test on per-question correctness and the "
+                                     "paired-bootstrap CI of the difference, overall and on closed / "
+                                     "open questions.")
+    cp.add_argument("--test", choices=("mcnemar", "mann-whitney"), default="mcnemar",
+                    help="paired exact McNemar (default) or the paper's unpaired Mann-Whitney U")
     cp.add_argument("a", help="predictions of run A (.csv or .jsonl)")
     cp.add_argument("b", help="predictions of run B")
     cp.add_argument("--out", help="write the comparison as JSON here")
@@ -83,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ask.add_argument("question", help='e.g. "is there tumour in this image?"')
     ask.add_argument("--weights", metavar="FOLDER", help="VQA checkpoint folder written by `openmusk vqa train` (required)")
     ask.add_argument("--model", action=RenamedFlag, new="--weights", dest="weights", help=argparse.SUPPRESS)
-    ask.add_argument("--topk", type=int, default=5)
+    ask.add_argument("--topk", type=positive_int, default=5)
     add_runtime_args(ask)
     ask.set_defaults(func=_ask)
 
@@ -111,7 +116,7 @@ def _train(args: argparse.Namespace) -> int:
 
     done = run_configured(args, VQATrainConfig, train_vqa, "vqa train", flags={
         "output_dir": args.out, "device": args.device, "precision": args.precision,
-        "num_workers": args.num_workers})
+        "num_workers": args.num_workers, "weights": args.weights})
     if done is None:
         return 0
     config, summary = done
@@ -165,7 +170,7 @@ def _print_comparison(c: dict, a: str, b: str) -> None:
         if name in c:
             r = c[name]
             print(f"  {name:8s} A {100 * r['a']['value']:6.2f}%  B {100 * r['b']['value']:6.2f}%  "
-                  f"Mann-Whitney U={r['statistic']:.1f} p={r['p_value']:.3g}")
+                  f"{r['test']} statistic={r['statistic']:.1f} p={r['p_value']:.3g}")
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -173,7 +178,7 @@ def _compare(args: argparse.Namespace) -> int:
     from openmusk.core.io import write_json
 
     try:
-        c = compare_predictions(read_predictions(args.a), read_predictions(args.b))
+        c = compare_predictions(read_predictions(args.a), read_predictions(args.b), test=args.test)
     except (OSError, ValueError) as e:
         raise CliError(str(e)) from e
     _print_comparison(c, args.a, args.b)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar, Union
 
 __all__ = ["ConfigError", "load_config", "config_from_dict", "config_to_dict", "replace_config",
-           "example_yaml", "path_field", "read_mapping", "parse_overrides", "notice"]
+           "example_yaml", "path_field", "read_mapping", "parse_overrides", "notice", "check_minimums"]
 
 T = TypeVar("T")
 _NOT_PATHS = ("hf_hub:", "hf-hub:", "http://", "https://", "s3://", "gs://", "random")
@@ -39,6 +39,14 @@ class ConfigError(ValueError):
 def notice(message: str) -> None:
     """One line on stderr for the user (renamed keys and flags): not an error, not a traceback."""
     print(f"openmusk: note: {message}", file=sys.stderr)
+
+
+def check_minimums(obj: Any, **minimums: float) -> None:
+    """For ``__post_init__``: a ValueError naming the first field of ``obj`` below its minimum."""
+    for name, low in minimums.items():
+        value = getattr(obj, name)
+        if value is not None and value < low:
+            raise ValueError(f"key {name!r} must be >= {low}, got {value!r}")
 
 
 def path_field(default: Any = dataclasses.MISSING, *, when: Callable[[str], bool] | None = None,

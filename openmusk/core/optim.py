@@ -66,14 +66,15 @@ def build_adamw(groups: Iterable[dict], lr: float, betas: tuple[float, float] = 
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
-                  min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up from 0 over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` x peak."""
+                  min_lr_ratio: float = 0.0, warmup_start_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up from ``warmup_start_ratio`` x peak (0: from 0) over ``warmup_steps``, then
+    cosine decay to ``min_lr_ratio`` x peak."""
     if total_steps <= 0:
         raise ValueError(f"total_steps must be positive, got {total_steps}")
 
     def factor(step: int) -> float:
         if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
+            return warmup_start_ratio + (1 - warmup_start_ratio) * (step + 1) / max(1, warmup_steps)
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 

@@ -10,7 +10,6 @@ so a DataLoader can skip it and report it (see :func:`collate_skip_bad`).
 """
 from __future__ import annotations
 
-import io
 import numbers
 import os
 import tarfile
@@ -30,12 +29,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 def _open_rgb(source: str | os.PathLike | bytes, what: str) -> Image.Image:
     """Decode an image file or bytes to RGB, naming ``what`` when it cannot be read."""
-    try:
-        img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        img.draft("RGB", img.size)  # lets JPEG decode straight to RGB
-        return img.convert("RGB")
-    except Exception as e:  # PIL raises many types for broken files
-        raise ValueError(f"{what}: cannot read image ({e})") from e
+    from openmusk.core.images import open_image
+
+    return open_image(source, what)
 
 
 def _index_labels(raw: Sequence[Any], classes: Sequence[str] | None,
@@ -268,13 +264,13 @@ class ShardDataset(ImageDataset):
     @staticmethod
     def _index(shard: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
         """(key, {ext: (data offset, size)}) for every sample of one shard, in order."""
-        from openmusk.data.shards import _split_name
+        from openmusk.data.shards import _split_name, unsafe_member_name
 
         out: list[tuple[str, dict[str, tuple[int, int]]]] = []
         try:
-            with tarfile.open(shard, "r:") as tf:
+            with tarfile.open(shard, "r:*") as tf:   # offsets are in the uncompressed stream
                 for m in tf:
-                    if not m.isfile():
+                    if not m.isfile() or unsafe_member_name(m.name):  # never '../x' or '/abs' keys
                         continue
                     key, ext = _split_name(m.name)
                     if not ext:
@@ -283,12 +279,15 @@ class ShardDataset(ImageDataset):
                         out.append((key, {}))
                     out[-1][1][ext] = (m.offset_data, m.size)
         except tarfile.TarError as e:
-            raise ValueError(f"{shard}: not an uncompressed tar shard ({e})") from e
+            raise ValueError(f"{shard}: not a readable tar shard ({e})") from e
         return out
 
     @staticmethod
     def _read(shard: Path, offset: int, size: int) -> bytes:
-        with open(shard, "rb") as f:
+        import gzip
+
+        compressed = shard.name.endswith((".gz", ".tgz"))   # seekable too, by decompressing up to offset
+        with (gzip.open(shard, "rb") if compressed else open(shard, "rb")) as f:
             f.seek(offset)
             return f.read(size)
 

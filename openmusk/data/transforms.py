@@ -34,7 +34,9 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """PIL image (converted to RGB) as a float32 (3, H, W) tensor in [0, 1]."""
-    arr = np.array(img.convert("RGB"), dtype=np.uint8)
+    from openmusk.core.images import to_rgb
+
+    arr = np.array(to_rgb(img), dtype=np.uint8)
     return torch.from_numpy(arr).permute(2, 0, 1).float().div(255)
 
 
@@ -70,7 +72,9 @@ class MuskTransform:
         """Convert to RGB, resize the shorter side, centre-crop, scale to [0, 1] and normalise."""
         if not isinstance(img, Image.Image):
             raise TypeError(f"expected a PIL image, got {type(img).__name__}")
-        img = center_crop(resize_shorter_side(img.convert("RGB"), self.img_size), self.img_size)
+        from openmusk.core.images import to_rgb
+
+        img = center_crop(resize_shorter_side(to_rgb(img), self.img_size), self.img_size)
         return normalize(to_tensor(img))
 
     def __repr__(self) -> str:

@@ -1,11 +1,12 @@
 """Any patch encoder by name: MUSK (multiscale and single-scale), open_clip, timm, Hugging Face
-transformers, baselines, or a user's ``module:function``; with embedding and zero-shot helpers.
+transformers, the pathology models the paper compared (plip, biomedclip, conch, uni, virchow,
+virchow2, gigapath), baselines, or a user's ``module:function``; with embedding and zero-shot helpers.
 
 >>> from openmusk.encoders import load_encoder
 >>> enc = load_encoder("musk", weights="hf_hub:xiangjx/musk")      # or "random:musk_tiny_patch16_32"
 >>> enc.encode_image(enc.transform(img)[None], kind="probe").shape  # (1, 2048)
 """
-from openmusk.encoders import adapters, baselines, musk  # noqa: F401 - register the built-in encoders
+from openmusk.encoders import adapters, baselines, musk, pathology  # noqa: F401 - register the built-in encoders
 from openmusk.encoders.adapters import OpenClipEncoder, hf_encoder, open_clip_encoder, timm_encoder
 from openmusk.encoders.base import (ENCODERS, FEATURE_KINDS, CallableEncoder, Encoder, ModuleEncoder,
                                     encoder_info, list_encoders, load_encoder, register_encoder)

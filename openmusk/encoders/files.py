@@ -13,6 +13,7 @@ it is written atomically. Unreadable images are skipped and listed in ``OUT.erro
 from __future__ import annotations
 
 import csv
+import io
 import os
 import sys
 from dataclasses import dataclass, field
@@ -100,13 +101,15 @@ def read_texts(path: str | os.PathLike, column: str = "text") -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
+    from openmusk.core.io import read_text
+
+    text = read_text(path)
     if path.suffix.lower() in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            if column not in (reader.fieldnames or []):
-                raise ValueError(f"{path}: no column {column!r}; columns are {reader.fieldnames}")
-            return [row[column] or "" for row in reader]
-    return [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        if column not in (reader.fieldnames or []):
+            raise ValueError(f"{path}: no column {column!r}; columns are {reader.fieldnames}")
+        return [row[column] or "" for row in reader]
+    return [line.rstrip("\n") for line in text.splitlines() if line.strip()]
 
 
 @torch.no_grad()
@@ -161,21 +164,13 @@ def zero_shot_image(image: Any, labels: Sequence[str | Sequence[str]], encoder: 
     a label may be a list of synonyms, named by its first); probabilities are the softmax of
     ``exp(logit_scale) * cosine`` (the CLIP convention; scale 100 for models without one).
     """
-    from PIL import Image
-
+    from openmusk.core.images import open_image, to_rgb
     from openmusk.encoders.embed import zero_shot_weights
 
     if len(labels) < 2:
         raise ValueError("zero-shot classification needs at least two labels")
     enc = _encoder(encoder, device, precision, encoder_kwargs)
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            with Image.open(image) as im:
-                x = enc.transform(im.convert("RGB")).unsqueeze(0)
-        except OSError as e:
-            raise ValueError(f"cannot read image {image}: {e}") from None
-    else:
-        x = enc.transform(image.convert("RGB")).unsqueeze(0)
+    x = enc.transform(open_image(image) if isinstance(image, (str, os.PathLike)) else to_rgb(image)).unsqueeze(0)
     weights = torch.from_numpy(zero_shot_weights(enc, labels, templates))
     emb = enc.encode_image(x, kind="embed").float().cpu()
     scale = getattr(getattr(enc, "model", None), "logit_scale", None)

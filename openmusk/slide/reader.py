@@ -13,6 +13,8 @@ from typing import Any
 
 from PIL import Image
 
+from openmusk.core.images import ImageError, open_image
+
 __all__ = ["Slide", "SlideError", "MppMissingError", "open_slide", "SLIDE_EXTENSIONS",
            "IMAGE_EXTENSIONS", "list_slides"]
 
@@ -47,10 +49,9 @@ class Slide:
         self._image: Image.Image | None = None
         if self.path.suffix.lower() in IMAGE_EXTENSIONS:
             try:
-                with Image.open(self.path) as im:
-                    self._image = im.convert("RGB")
-            except (OSError, ValueError) as e:
-                raise SlideError(f"{self.path}: cannot read image ({e})") from e
+                self._image = open_image(self.path)
+            except ImageError as e:
+                raise SlideError(str(e)) from None
             self.level_dimensions: tuple[tuple[int, int], ...] = (self._image.size,)
             self.level_downsamples: tuple[float, ...] = (1.0,)
             self.properties: dict[str, str] = {}
