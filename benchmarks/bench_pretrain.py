@@ -4,7 +4,9 @@ Each (stage, size, activation checkpointing) cell runs in its own process, so it
 (``resource.getrusage``) is its own. Activation memory is read from the peak of one forward +
 backward taken before the optimiser exists (model + gradients + activations; AdamW's update
 temporaries would otherwise set the peak): with and without checkpointing the rest is equal, so
-the difference is what checkpointing saves. The RSS after a warm-up step is printed as the
+the difference is what checkpointing saves. The tokenizer stage runs at each ``--tokenizers`` size
+(default: the small one and the authors' ``vqkd_base_decoder_3x768x12``), taught by the model of
+the row. The RSS after a warm-up step is printed as the
 model + optimiser baseline. Batches are synthetic
 tensors of the right shapes, so the numbers are the model's, not the data pipeline's.
 
@@ -33,7 +35,8 @@ def _current_rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
-def _cell(stage: str, size: str, batch: int, steps: int, img_size: int, ckpt: bool, text_len: int) -> dict:
+def _cell(stage: str, size: str, batch: int, steps: int, img_size: int, ckpt: bool, text_len: int,
+          tokenizer: str = "vqkd_small") -> dict:
     """Time ``steps`` optimiser steps of one stage after one warm-up step; report speed and memory."""
     import dataclasses
 
@@ -45,7 +48,7 @@ def _cell(stage: str, size: str, batch: int, steps: int, img_size: int, ckpt: bo
     from openmusk.pretrain.contrastive import ContrastiveAlignment
     from openmusk.pretrain.masked import MaskedModelling
     from openmusk.pretrain.masking import block_mask, mask_text
-    from openmusk.pretrain.vqkd import VQKD, VQKDConfig, VQKDObjective, resolve_teacher
+    from openmusk.pretrain.vqkd import VQKD, VQKDConfig, VQKDObjective, resolve_teacher, vqkd_config
 
     torch.manual_seed(0)
     cfg = dataclasses.replace(openmusk.get_config(size), img_size=img_size, drop_path_rate=0.1)
@@ -62,7 +65,8 @@ def _cell(stage: str, size: str, batch: int, steps: int, img_size: int, ckpt: bo
     if stage == "tokenizer":
         model.eval().requires_grad_(False)
         teacher = resolve_teacher(lambda x: model.encode_image_tokens(x)[:, 1:], grid)
-        objective = VQKDObjective(VQKD(VQKDConfig(img_size=img_size, teacher_dim=cfg.embed_dim)), teacher)
+        tcfg = vqkd_config(tokenizer, img_size=img_size, teacher_dim=cfg.embed_dim)
+        objective = VQKDObjective(VQKD(tcfg), teacher)
         kwargs = {"image": images}
     elif stage == "masked":
         tok = VQKD(VQKDConfig(img_size=img_size, teacher_dim=8))
@@ -72,7 +76,7 @@ def _cell(stage: str, size: str, batch: int, steps: int, img_size: int, ckpt: bo
         kwargs = {"image": images, "vision_mask": vm, "masked_ids": masked, "padding_mask": pad,
                   "mlm_labels": labels}
     else:
-        objective = ContrastiveAlignment(model, decoder_depth=2)
+        objective = ContrastiveAlignment(model)   # the authors' decoder: 4 blocks x 16 heads
         kwargs = {"image": images, "input_ids": ids, "padding_mask": pad, "masked_ids": masked,
                   "mlm_labels": labels}
     # memory: one forward + backward before any optimiser exists, so the peak is
@@ -92,7 +96,7 @@ def _cell(stage: str, size: str, batch: int, steps: int, img_size: int, ckpt: bo
     for _ in range(steps):
         step()
     dt = time.perf_counter() - t0
-    return {"stage": stage, "size": size, "img_size": img_size, "batch": batch, "ckpt": ckpt,
+    return {"stage": stage, "size": size, "img_size": img_size, "batch": batch, "ckpt": ckpt, "tokenizer": tokenizer,
             "samples_per_s": batch * steps / dt, "fwd_bwd_peak_mb": fwd_bwd_peak,
             "peak_rss_mb": _rss_mb(), "rss_after_warmup_mb": base}
 
@@ -105,6 +109,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--img-size", type=int, default=384)
     p.add_argument("--text-len", type=int, default=100)
+    p.add_argument("--tokenizers", nargs="+", default=["vqkd_small", "vqkd_base_decoder_3x768x12"],
+                   help="tokenizer sizes of the tokenizer stage (the authors': vqkd_base_decoder_3x768x12)")
     p.add_argument("--quick", action="store_true", help="batch 2, 2 timed steps, 224 px, text 32")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -119,9 +125,10 @@ def main() -> None:
     rows = []
     for size in a.sizes:
         for stage in a.stages:
-            for ckpt in ((False, True) if stage != "tokenizer" else (False,)):
+            cells = [(False, t) for t in a.tokenizers] if stage == "tokenizer" else [(False, None), (True, None)]
+            for ckpt, tok in cells:
                 job = dict(stage=stage, size=size, batch=a.batch, steps=a.steps, img_size=a.img_size,
-                           ckpt=ckpt, text_len=a.text_len)
+                           ckpt=ckpt, text_len=a.text_len, **({"tokenizer": tok} if tok else {}))
                 out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)],
                                      capture_output=True, text=True)
                 if out.returncode:
@@ -129,7 +136,8 @@ def main() -> None:
                     continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 rows.append(r)
-                print(f"{size:24s} {stage:11s} ckpt={str(ckpt):5s} {r['samples_per_s']:8.2f} samples/s  "
+                label = f"{stage} {tok}" if tok else stage
+                print(f"{size:24s} {label:38s} ckpt={str(ckpt):5s} {r['samples_per_s']:8.2f} samples/s  "
                       f"forward+backward peak RSS {r['fwd_bwd_peak_mb']:7.0f} MiB, training peak "
                       f"{r['peak_rss_mb']:7.0f} MiB (model+optimiser {r['rss_after_warmup_mb']:.0f})", flush=True)
     print("\nactivation checkpointing (same run): forward+backward peak RSS and training speed")

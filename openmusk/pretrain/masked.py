@@ -1,10 +1,14 @@
 """Stage 1, unified masked modelling: MIM on images (VQ-KD targets) and MLM on texts, one optimiser.
 
-The image side replaces block-masked patches with ``mask_token`` and predicts the tokenizer's id
-of each masked patch; the text side predicts the original id of 15% of tokens (80/10/10). Both
-heads belong to this objective, not to the model, so the exported model is the plain MUSK
-checkpoint. Losses are normalised by the number of targets over all ranks, so N processes
-compute the same gradient as one process with the same global batch.
+As the authors' ``1_mask_pretrain/modeling_musk.py`` computes it: the image side replaces the
+block-masked patches with ``mask_token`` and predicts, with a bias-free linear ``mim_head``, the
+tokenizer's id of each masked patch; the tokenizer reads the authors' second view of the crop,
+which equals the MUSK-normalised image (:meth:`MaskedModelling.mim_targets`). The
+text side predicts the original id at every position that holds ``<mask>`` (``mlm_labels``) with a
+bias-free linear ``mlm_head`` over the vocabulary, untied from the text embedding. Loss =
+MIM + MLM. Both heads belong to this objective, not to the model, so the exported model is the
+plain MUSK checkpoint. Losses are normalised by the number of targets over all ranks, so N
+processes compute the same gradient as one process with the same global batch.
 """
 from __future__ import annotations
 
@@ -15,22 +19,28 @@ from torch import nn
 from openmusk.core.dist import all_reduce_sum, world_size
 from openmusk.pretrain.vqkd import VQKD
 
-__all__ = ["MLMHead", "MaskedModelling", "masked_token_loss"]
+__all__ = ["MaskedModelling", "masked_token_loss", "linear_head"]
 
 
-class MLMHead(nn.Module):
-    """Dense + GELU + LayerNorm, then logits over the vocabulary (decoder tied to an embedding)."""
+@torch.no_grad()
+def _trunc_normal_one_std(weight: torch.Tensor, std: float) -> None:
+    """N(0, std) cut at +-std, by redrawing the values outside (exact, and far faster on big
+    vocabulary heads than the inverse-CDF ``nn.init.trunc_normal_``)."""
+    x = torch.randn_like(weight)
+    bad = x.abs() > 1
+    while bool(bad.any()):
+        x[bad] = torch.randn(int(bad.sum()), dtype=x.dtype, device=x.device)
+        bad = x.abs() > 1
+    weight.copy_(x * std)
 
-    def __init__(self, dim: int, embedding: nn.Embedding, eps: float = 1e-5):
-        super().__init__()
-        self.dense = nn.Linear(dim, dim)
-        self.norm = nn.LayerNorm(dim, eps=eps)
-        self.bias = nn.Parameter(torch.zeros(embedding.num_embeddings))
-        object.__setattr__(self, "embedding", embedding)  # tied weight, owned by the model
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        h = self.norm(F.gelu(self.dense(h)))
-        return F.linear(h, self.embedding.weight, self.bias)
+def linear_head(dim: int, out: int, bias: bool = False) -> nn.Linear:
+    """A linear head initialised as the authors' (truncated normal, std 0.02, cut at one std)."""
+    head = nn.Linear(dim, out, bias=bias)
+    _trunc_normal_one_std(head.weight, 0.02)
+    if bias:
+        nn.init.zeros_(head.bias)
+    return head
 
 
 def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,27 +67,34 @@ class MaskedModelling(nn.Module):
             raise ValueError(f"the VQ-KD tokenizer has a {tok_grid}x{tok_grid} patch grid but the model "
                              f"{cfg.grid_size}x{cfg.grid_size}: train the tokenizer at the model's grid")
         self.model = model
-        self.mim_head = nn.Linear(cfg.embed_dim, tokenizer.config.codebook_size)
-        nn.init.trunc_normal_(self.mim_head.weight, std=0.02)
-        nn.init.zeros_(self.mim_head.bias)
-        self.mlm_head = MLMHead(cfg.embed_dim, model.beit3.text_embed, cfg.layer_norm_eps)
+        self.mim_head = linear_head(cfg.embed_dim, tokenizer.config.codebook_size)
+        self.mlm_head = linear_head(cfg.embed_dim, cfg.vocab_size)
         tokenizer.requires_grad_(False)
         object.__setattr__(self, "tokenizer", tokenizer.eval())  # frozen, not saved with the objective
         # parameters stage 1 never uses: frozen so that DDP and the optimiser skip them
         for p in (model.vision_head.weight, model.language_head.weight, model.logit_scale):
             p.requires_grad_(False)
 
+    @torch.no_grad()
+    def mim_targets(self, image: torch.Tensor) -> torch.Tensor:
+        """The tokenizer's ids (B, P) of the MUSK-normalised image: the authors' second view (the
+        same crop, ``ToTensor`` only, then ``x * 2 - 1`` in the tokenizer) is this very tensor,
+        since MUSK normalises with mean = std = 0.5."""
+        with torch.autocast(image.device.type, enabled=False):
+            self.tokenizer.to(image.device)
+            return self.tokenizer.encode_ids(self._tokenizer_input(image.float()))
+
     def _tokenizer_input(self, images: torch.Tensor) -> torch.Tensor:
         s = self.tokenizer.config.img_size
         if images.shape[-1] != s:
-            images = F.interpolate(images.float(), size=(s, s), mode="bicubic", align_corners=False)
+            images = F.interpolate(images, size=(s, s), mode="bicubic", align_corners=False)
         return images
 
     def forward(self, image: torch.Tensor, vision_mask: torch.Tensor, masked_ids: torch.Tensor,
-                padding_mask: torch.Tensor, mlm_labels: torch.Tensor, **_) -> dict[str, torch.Tensor]:
-        with torch.no_grad(), torch.autocast(image.device.type, enabled=False):
-            self.tokenizer.to(image.device)
-            targets = self.tokenizer.encode_ids(self._tokenizer_input(image.float()))
+                padding_mask: torch.Tensor, mlm_labels: torch.Tensor, mim_ids: torch.Tensor | None = None,
+                **_) -> dict[str, torch.Tensor]:
+        """Losses of one step; ``mim_ids`` (B, P) are precomputed token ids (else the tokenizer's)."""
+        targets = mim_ids if mim_ids is not None else self.mim_targets(image)
         vision_mask = vision_mask.bool()
         tokens = self.model.forward_tokens(images=image, vision_mask=vision_mask)[:, 1:]
         mim_loss, mim_acc = masked_token_loss(self.mim_head(tokens[vision_mask]), targets[vision_mask])

@@ -1,24 +1,54 @@
-"""Masking for the pretraining objectives: BEiT's block-wise image masks and BERT's 80/10/10 text masks."""
+"""Masking for the pretraining objectives, by the rules of the authors' pretraining code (MUSK v1.0.0).
+
+* Images: BEiT's block-wise generator (``1_mask_pretrain/datasets/masking_generator.py``): at
+  MUSK's size 230 of the 24x24 patches, in rectangles of 16 to 100 patches.
+* Texts: each non-special position is selected with probability ``ratio`` (Bernoulli), optionally
+  extended to whole words; a selected position becomes ``<mask>`` (80%), a random id drawn from
+  [0, 64001] (10%, as their ``random.randint(0, vocab_size - 1)``), or stays (10%). The masked-text
+  losses of both stages score only the positions that became ``<mask>`` (:func:`mlm_labels`);
+  ``targets="selected"`` scores every selected position instead (BERT's rule, the paper's text).
+
+Draws come from a numpy ``Generator`` (a sample's own, see :mod:`openmusk.pretrain.stream`);
+:func:`block_mask` also takes a ``random.Random``, with which it draws exactly the numbers the
+authors' generator draws from python's ``random`` (their masks, bit for bit).
+"""
 from __future__ import annotations
 
 import math
+import random
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["block_mask", "mask_text", "SPECIAL_IDS"]
+__all__ = ["block_mask", "mask_text", "mlm_labels", "word_spans", "SPECIAL_IDS", "MASK_ID"]
 
-# <s>, <pad>, </s>, <unk> and <mask>: never chosen as MLM targets.
+# <s>, <pad>, </s>, <unk> and <mask>: never selected for masking.
 SPECIAL_IDS = (0, 1, 2, 3, 64001)
-_FIRST_PIECE, _MASK_ID = 4, 64001
+MASK_ID = 64001
+RANDOM_ID_MAX = 64001     # their random replacement: randint(0, tokenizer.vocab_size - 1), inclusive
+
+Rng = np.random.Generator | random.Random
 
 
-def block_mask(grid: int, num_masking: int, rng: np.random.Generator, min_num: int = 16,
-               max_num: int | None = None, min_aspect: float = 0.3) -> np.ndarray:
-    """BEiT's block-wise masking: (grid, grid) bool with about ``num_masking`` patches in blocks.
+def _uniform(rng: Rng, a: float, b: float) -> float:
+    """a + (b - a) * U[0, 1), as python's ``random.uniform`` (also when b < a)."""
+    return a + (b - a) * rng.random()
 
-    Rectangles of random area in [min_num, remaining] and aspect ratio in [min_aspect, 1/min_aspect]
-    are added until the target is met or no placement adds patches (as in BEiT's generator).
+
+def _randint(rng: Rng, a: int, b: int) -> int:
+    """An integer in [a, b], both ends included."""
+    return rng.randint(a, b) if isinstance(rng, random.Random) else int(rng.integers(a, b + 1))
+
+
+def block_mask(grid: int, num_masking: int, rng: Rng, min_num: int = 16,
+               max_num: int | None = 100, min_aspect: float = 0.3) -> np.ndarray:
+    """BEiT's block-wise masking: (grid, grid) bool with at most ``num_masking`` patches in blocks.
+
+    Until ``num_masking`` patches are masked: budget = min(remaining, ``max_num``); up to 10 tries
+    of a rectangle of area U(``min_num``, budget) (the lower end stays ``min_num`` even when the
+    budget is smaller, as theirs) and aspect exp(U(log a, log 1/a)) at a random place; the first
+    that adds between 1 and budget new patches is kept; 10 failed tries end the mask early.
     """
     mask = np.zeros((grid, grid), dtype=bool)
     max_num = num_masking if max_num is None else max_num
@@ -28,43 +58,69 @@ def block_mask(grid: int, num_masking: int, rng: np.random.Generator, min_num: i
         budget = min(num_masking - count, max_num)
         delta = 0
         for _ in range(10):
-            area = rng.uniform(min(min_num, budget), budget)
-            aspect = math.exp(rng.uniform(*log_aspect))
+            area = _uniform(rng, min_num, budget)
+            aspect = math.exp(_uniform(rng, *log_aspect))
             h = int(round(math.sqrt(area * aspect)))
             w = int(round(math.sqrt(area / aspect)))
-            if 0 < h < grid and 0 < w < grid:
-                top, left = int(rng.integers(0, grid - h + 1)), int(rng.integers(0, grid - w + 1))
+            if w < grid and h < grid:
+                top, left = _randint(rng, 0, grid - h), _randint(rng, 0, grid - w)
                 region = mask[top:top + h, left:left + w]
                 new = h * w - int(region.sum())
                 if 0 < new <= budget:
                     region[:] = True
                     delta = new
-                    break
+            if delta > 0:
+                break
         if delta == 0:
             break
         count += delta
     return mask
 
 
-def mask_text(input_ids: torch.Tensor, ratio: float, rng: np.random.Generator,
-              vocab_size: int = 64001, mask_id: int = _MASK_ID) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking of one sequence: ``ratio`` of non-special tokens become targets (at least one).
+def word_spans(words_pieces: Sequence[int], offset: int = 0) -> list[tuple[int, int]]:
+    """(start, end) positions of each word given its number of pieces; ``offset`` 0 is the authors'
+    convention (spans counted from position 0, i.e. one to the left of the words after ``<s>``),
+    1 puts them on the words themselves."""
+    spans, pos = [], offset
+    for n in words_pieces:
+        spans.append((pos, pos + n))
+        pos += n
+    return spans
 
-    Of the targets 80% are replaced by ``<mask>``, 10% by a random piece, 10% kept. Returns the
-    corrupted ids and the labels (-100 where not a target).
+
+def mask_text(input_ids: torch.Tensor, ratio: float, rng: np.random.Generator,
+              spans: Sequence[tuple[int, int]] | None = None, targets: Literal["mask", "selected"] = "mask",
+              mask_id: int = MASK_ID, random_max: int = RANDOM_ID_MAX) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corrupt one sequence: Bernoulli(``ratio``) per non-special position, whole-word extension
+    over ``spans`` (a word whose start is selected is selected whole), then 80/10/10.
+
+    Returns the corrupted ids and the labels (original id where scored, -100 elsewhere):
+    ``targets="mask"`` scores the positions that hold ``<mask>`` afterwards (the authors' code),
+    ``"selected"`` every selected position (BERT).
     """
     ids = input_ids.clone()
+    special = torch.isin(ids, torch.tensor(SPECIAL_IDS)).numpy()
+    selected = (rng.random(len(ids)) < ratio) & ~special
+    for start, end in spans or ():
+        if start < len(selected) and selected[start]:
+            selected[start:end] = True
+    selected &= ~special            # a span cut by truncation never reaches </s> or padding
+    chosen = np.flatnonzero(selected)
+    action = rng.random(len(chosen))
+    to_mask = chosen[action < 0.8]
+    to_rand = chosen[action >= 0.9]
+    ids[torch.from_numpy(to_mask)] = mask_id
+    ids[torch.from_numpy(to_rand)] = torch.from_numpy(rng.integers(0, random_max + 1, size=len(to_rand)))
+    if targets == "mask":
+        return ids, mlm_labels(input_ids, ids, mask_id)
+    if targets != "selected":
+        raise ValueError(f"targets must be 'mask' or 'selected', got {targets!r}")
     labels = torch.full_like(ids, -100)
-    special = torch.tensor(SPECIAL_IDS)
-    candidates = torch.nonzero(~torch.isin(ids, special)).flatten().numpy()
-    if len(candidates) == 0:
-        return ids, labels
-    k = max(1, int(round(ratio * len(candidates))))
-    chosen = torch.from_numpy(rng.choice(candidates, size=k, replace=False))
-    labels[chosen] = ids[chosen]
-    action = rng.random(k)
-    to_mask = chosen[torch.from_numpy(action < 0.8)]
-    to_rand = chosen[torch.from_numpy((action >= 0.8) & (action < 0.9))]
-    ids[to_mask] = mask_id
-    ids[to_rand] = torch.from_numpy(rng.integers(_FIRST_PIECE, vocab_size, size=len(to_rand)))
+    labels[torch.from_numpy(chosen)] = input_ids[torch.from_numpy(chosen)]
     return ids, labels
+
+
+def mlm_labels(input_ids: torch.Tensor, masked_ids: torch.Tensor, mask_id: int = MASK_ID) -> torch.Tensor:
+    """The authors' masked-text targets: the original id wherever the corrupted text holds
+    ``<mask>`` (a random replacement that drew the mask id included), -100 elsewhere."""
+    return torch.where(masked_ids == mask_id, input_ids, torch.full_like(input_ids, -100))

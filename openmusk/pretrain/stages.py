@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -17,10 +16,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from openmusk.core.dist import init_distributed, is_main, rank, world_size
+from openmusk.core.images import open_image
 from openmusk.core.io import atomic_path, write_json
 from openmusk.core.runtime import autocast, resolve_device, resolve_precision
 from openmusk.pretrain.config import (ContrastiveStageConfig, DataConfig, FilterConfig,
@@ -54,7 +53,7 @@ def _stream(spec: str | None, decoder, data: DataConfig, seed: int, name: str) -
     if not spec:
         raise ValueError(f"data.{name} is not set: give the {name} shards (folder, glob or brace range)")
     return ShardStream(spec, decoder, data.global_batch, seed, data.shuffle_buffer,
-                       rank(), world_size(), name=name)
+                       rank(), world_size(), name=name, split=data.split)
 
 
 def _augment(data: DataConfig, img_size: int):
@@ -118,8 +117,10 @@ def train_masked(cfg: MaskedStageConfig, hooks: Sequence[Hook] = ()) -> dict:
     model = build_musk(cfg.model, cfg.pretrained, cfg.model_config, cfg.drop_path_rate)
     tokenizer = load_tokenizer(cfg.tokenizer)
     mc = model.config
-    images = ImageDecoder(_augment(cfg.data, mc.img_size), mc.patch_size, cfg.mask_ratio, cfg.min_mask_block)
-    texts = TextDecoder(cfg.data.max_text_len, cfg.text_mask_ratio)
+    images = ImageDecoder(_augment(cfg.data, mc.img_size), mc.patch_size, cfg.mask_ratio, cfg.min_mask_block,
+                          cfg.max_mask_block)
+    texts = TextDecoder(cfg.data.max_text_len, cfg.text_mask_ratio, whole_word=cfg.whole_word_mask,
+                        targets=cfg.mlm_targets)
     loader = JointLoader({"images": _stream(cfg.data.images, images, cfg.data, cfg.train.seed, "images"),
                           "texts": _stream(cfg.data.texts, texts, cfg.data, cfg.train.seed + 1, "texts")},
                          cfg.data.num_workers)
@@ -137,10 +138,12 @@ def train_contrastive(cfg: ContrastiveStageConfig, hooks: Sequence[Hook] = ()) -
     model = build_musk(cfg.model, cfg.pretrained, cfg.model_config, cfg.drop_path_rate)
     mc = model.config
     decoder = PairDecoder(ImageDecoder(_augment(cfg.data, mc.img_size), mc.patch_size),
-                          TextDecoder(cfg.data.max_text_len, cfg.text_mask_ratio))
+                          TextDecoder(cfg.data.max_text_len, cfg.text_mask_ratio, targets=cfg.mlm_targets,
+                                      trim=cfg.trim_caption))
     loader = JointLoader({"pairs": _stream(cfg.data.pairs, decoder, cfg.data, cfg.train.seed, "pairs")},
                          cfg.data.num_workers)
-    objective = ContrastiveAlignment(model, cfg.decoder_depth, cfg.mlm_weight)
+    objective = ContrastiveAlignment(model, cfg.decoder_depth, cfg.mlm_weight, cfg.decoder_heads, cfg.clip_text,
+                                     cfg.max_logit_scale)
     trainer = Trainer(objective, loader, cfg.train, cfg.output_dir, model=model, hooks=hooks,
                       stage_config=asdict(cfg))
     history = trainer.fit()
@@ -179,8 +182,7 @@ def score_pairs(model, pairs: str, batch_size: int = 64, max_text_len: int = 100
     for shard in tqdm(shards, desc="score pairs", unit="shard"):
         for sample in iter_tar_samples(shard):
             try:
-                with Image.open(io.BytesIO(_image_bytes(sample))) as im:
-                    x = transform(im.convert("RGB"))
+                x = transform(open_image(_image_bytes(sample), f"{shard}:{sample['__key__']}"))
                 text = _text(sample)
             except (OSError, ValueError) as e:
                 print(f"filter: unreadable pair {sample['__key__']!r} in {shard}: {e}", file=sys.stderr)
@@ -243,4 +245,4 @@ def make_shards_from_config(cfg: ShardsConfig) -> dict:
         return make_slide_shards(cfg.source, cfg.output, cfg.fields_per_slide, cfg.fov_size,
                                  tuple(cfg.fov_mpps), cfg.min_tissue, cfg.maxcount, cfg.seed)
     return make_shards(cfg.source, cfg.output, cfg.kind, cfg.maxcount, cfg.image_column,
-                       cfg.text_column, cfg.max_side)
+                       cfg.text_column, cfg.max_side, cfg.text_window)

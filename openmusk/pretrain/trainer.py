@@ -21,8 +21,9 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from openmusk.core.config import check_minimums
 from openmusk.core.dist import init_distributed, is_main, rank, world_size
-from openmusk.core.io import atomic_path
+from openmusk.core.io import atomic_path, torch_load
 from openmusk.core.optim import build_adamw, param_groups, warmup_cosine
 from openmusk.core.runtime import autocast, normalize_precision, resolve_device, resolve_precision
 from openmusk.pretrain.stream import JointLoader
@@ -40,6 +41,8 @@ class TrainConfig:
     warmup_steps: int = 100
     lr: float = 1.5e-3
     min_lr_ratio: float = 0.0
+    warmup_lr_ratio: float = 0.0     # lr of the first warm-up step / lr (the authors: 1e-6 / 1e-4)
+    layer_decay: float = 1.0         # layer-wise lr decay (the authors' stage 2: 0.85)
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
@@ -55,6 +58,7 @@ class TrainConfig:
     resume: bool = True
 
     def __post_init__(self) -> None:
+        check_minimums(self, total_steps=1, warmup_steps=0, grad_accum=1, log_every=1, save_every=1)
         self.precision = normalize_precision(self.precision)
         if self.precision == "fp16":
             raise ValueError("precision fp16 is not supported (training in fp16 needs loss scaling); "
@@ -104,10 +108,11 @@ class Trainer:
             model.set_grad_checkpointing(True)
         self._replicated: list[nn.Parameter] = []
         self.module = self._wrap(self.objective)
-        self.optimizer = build_adamw(param_groups(self.objective, cfg.weight_decay,
+        self.optimizer = build_adamw(param_groups(self.objective, cfg.weight_decay, cfg.layer_decay,
                                                   depth=getattr(getattr(model, "config", None), "depth", 0)),
                                      cfg.lr, tuple(cfg.betas), cfg.eps)
-        self.scheduler = warmup_cosine(self.optimizer, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)
+        self.scheduler = warmup_cosine(self.optimizer, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio,
+                                       cfg.warmup_lr_ratio)
         self.step = 0
         self.history: list[dict] = []
 
@@ -143,12 +148,12 @@ class Trainer:
                                   options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         rng = torch.get_rng_state()
         cuda_rng = torch.cuda.get_rng_state() if self.device.type == "cuda" else torch.empty(0, dtype=torch.uint8)
-        rngs = [(rng, cuda_rng)]
+        rngs = [(rng, cuda_rng, self.loader.state_dict())]
         if world_size() > 1 and dist.is_initialized():
             rngs = [None] * world_size()
-            dist.all_gather_object(rngs, (rng, cuda_rng))
+            dist.all_gather_object(rngs, (rng, cuda_rng, self.loader.state_dict()))
         return {"model": msd, "optimizer": osd, "scheduler": self.scheduler.state_dict(),
-                "step": self.step, "data": self.loader.state_dict(),
+                "step": self.step, "data": rngs[0][2], "data_ranks": [r[2] for r in rngs],
                 "rng": [r[0] for r in rngs], "cuda_rng": [r[1] for r in rngs],
                 "world_size": world_size(), "config": self.stage_config}
 
@@ -164,7 +169,7 @@ class Trainer:
     def load(self, path: str | os.PathLike) -> None:
         """Restore every part of a checkpoint written by :meth:`save`."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load(path, "pretraining checkpoint")
         if state["world_size"] != world_size():
             print(f"resuming a {state['world_size']}-process run on {world_size()} processes: "
                   "model, optimiser and data position restored, RNG streams restarted")
@@ -172,7 +177,9 @@ class Trainer:
                        optim_state_dict=state["optimizer"],
                        options=StateDictOptions(full_state_dict=True))
         self.scheduler.load_state_dict(state["scheduler"])
-        self.loader.load_state_dict(state["data"])
+        ranks = state.get("data_ranks")  # per-rank positions (they differ in per-shard mode)
+        same_world = state["world_size"] == world_size()
+        self.loader.load_state_dict(ranks[rank()] if ranks and same_world else state["data"])
         self.step = int(state["step"])
         if state["world_size"] == world_size():
             torch.set_rng_state(state["rng"][rank()])

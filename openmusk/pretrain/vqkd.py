@@ -24,13 +24,15 @@ from torch import nn
 from openmusk.core.io import atomic_path
 from openmusk.data.transforms import MUSK_MEAN, MUSK_STD, denormalize
 
-__all__ = ["VQKDConfig", "VQKD", "NormEMACodebook", "Teacher", "resolve_teacher", "teacher_from_encoder",
+__all__ = ["VQKDConfig", "VQKD_CONFIGS", "vqkd_config", "VQKD", "NormEMACodebook", "Teacher", "resolve_teacher", "teacher_from_encoder",
            "load_teacher_encoder", "codebook_stats", "save_tokenizer", "load_tokenizer", "VQKDObjective"]
 
 
 @dataclass
 class VQKDConfig:
-    """Sizes of the tokenizer; the defaults follow BEiT v2's base tokenizer with a smaller codebook."""
+    """Sizes of the tokenizer. The defaults are a SMALL tokenizer (256 wide, 4 encoder layers, a
+    1-layer decoder, codebook 8192 x 32) for modest corpora; the authors' size is the named config
+    ``vqkd_base_decoder_3x768x12`` (:func:`vqkd_config`)."""
 
     img_size: int = 384
     patch_size: int = 16
@@ -49,6 +51,25 @@ class VQKDConfig:
     def grid(self) -> int:
         """Patches per side."""
         return self.img_size // self.patch_size
+
+
+# Named sizes. The authors' stage 1 used ``vqkd_encoder_base_decoder_3x768x12_ctrans``
+# (1_mask_pretrain/configs/pretrain_musk_large.yaml, modeling_vqkd.py): a ViT-B/16 encoder
+# (12 layers, 768 wide, 12 heads), a 3-layer 768-wide decoder, codebook 8192 x 32, 384 px, with
+# CTransPath as teacher (any registry encoder teaches here: ``teacher`` of the tokenizer stage).
+VQKD_CONFIGS: dict[str, VQKDConfig] = {
+    "vqkd_small": VQKDConfig(),
+    "vqkd_base_decoder_3x768x12": VQKDConfig(embed_dim=768, depth=12, num_heads=12, decoder_depth=3,
+                                             codebook_size=8192, codebook_dim=32, teacher_dim=768),
+}
+
+
+def vqkd_config(name: str, **overrides: Any) -> VQKDConfig:
+    """A named tokenizer size (:data:`VQKD_CONFIGS`), fields overridden (e.g. ``teacher_dim``)."""
+    if name not in VQKD_CONFIGS:
+        raise ValueError(f"unknown tokenizer config {name!r}; known: {', '.join(VQKD_CONFIGS)}")
+    from dataclasses import replace
+    return replace(VQKD_CONFIGS[name], **overrides)
 
 
 def _vit_blocks(dim: int, heads: int, depth: int) -> nn.TransformerEncoder:
