@@ -128,6 +128,6 @@ def test_missing_weights_give_advice_not_a_traceback(tmp_path, real_dir):
     r = subprocess.run([sys.executable, "-m", "openmusk", "zeroshot", str(real_dir / "hgsc_nest.jpg"),
                         "--labels", "a,b", "--weights", "hf_hub:xiangjx/musk"],
                        capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path),
-                                                            "PATH": "/usr/bin:/bin"})
+                                                            "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 2
-    assert "huggingface-cli login" in r.stderr and "Traceback" not in r.stderr
+    assert "hf auth login" in r.stderr and "Traceback" not in r.stderr
