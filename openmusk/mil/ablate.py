@@ -39,8 +39,10 @@ def ablate(config: MilConfig, log: Callable[[str], None] = print, progress: bool
 
     from openmusk.mil.api import train
     from openmusk.mil.compare import compare_runs
+    from openmusk.mil.genomic import refuse_genomic
     from openmusk.mil.html_report import write_html_report
 
+    refuse_genomic(config.model, "mil ablate", config.output_dir)
     out = Path(config.output_dir)
     cache = config.report_cache or str(out / "report_embeddings.h5")
     runs = {}

@@ -379,6 +379,7 @@ def predict(results_dir: str | os.PathLike, cohort: str | None = None, features_
 
     from openmusk.core.config import config_from_dict
     from openmusk.mil.cv import load_model_state
+    from openmusk.mil.genomic import refuse_genomic
     from openmusk.mil.interpret import save_attention
     from openmusk.mil.trainer import evaluate
 
@@ -387,6 +388,7 @@ def predict(results_dir: str | os.PathLike, cohort: str | None = None, features_
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{results_dir}: no config.json; is it the output_dir of `mil train`?")
     config = config_from_dict(MilConfig, read_json(cfg_file), where=str(cfg_file))
+    refuse_genomic(config.model, "mil predict", results_dir)
     config = dataclasses.replace(config, cohort=cohort or config.cohort,
                                  features_dir=features_dir or config.features_dir)
     out = Path(out_dir or results_dir / "predictions")

@@ -24,7 +24,8 @@ from openmusk.mil.trainer import FitConfig
 
 __all__ = ["pathway_groups", "read_signatures", "signature_groups", "read_genomics", "train_genomic",
            "build_genomic_model", "SNNBlock", "GatedAttentionPool", "MCAT", "PORPOISE", "KroneckerFusion",
-           "GenomicBagDataset", "collate_genomic", "cross_validate_genomic", "GENOMIC_MODELS"]
+           "GenomicBagDataset", "collate_genomic", "cross_validate_genomic", "GENOMIC_MODELS",
+           "refuse_genomic"]
 
 
 def pathway_groups(gene_names: Sequence[str], groups: Mapping[str, Sequence[str]]) -> dict[str, list[int]]:
@@ -212,6 +213,14 @@ class PORPOISE(_BatchForward):
 
 
 GENOMIC_MODELS = ("mcat", "porpoise", "motcat", "cmta")
+
+
+def refuse_genomic(model: str, command: str, where: Any) -> None:
+    """A clear error for commands that apply slide-only models (predict, ablate) to a genomic run."""
+    if model in GENOMIC_MODELS:
+        raise ValueError(f"{where}: `openmusk {command}` does not support model {model!r} (slide features plus a "
+                         f"genomics table); its out-of-fold risks and c-index are in the `mil train` output "
+                         f"(metrics.json and the fold folders)")
 
 
 def build_genomic_model(model: str, in_dim: int, groups: Mapping[str, Sequence[int]], n_omics: int,

@@ -17,14 +17,14 @@ from openmusk.pretrain.mstar.synthetic import make_genomic_survival_cohort
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    return make_genomic_survival_cohort(tmp_path_factory.mktemp("surv"), n_patients=160, n_patches=8, dim=8,
+    return make_genomic_survival_cohort(tmp_path_factory.mktemp("surv"), n_patients=80, n_patches=8, dim=8,
                                         n_genes=12, n_groups=3, effect=3.0, seed=0)
 
 
 def _cv(cohort, model, out, omics=None):
     torch.manual_seed(0)
     res = cross_validate_genomic(cohort["records"], omics or cohort["omics"], cohort["groups"], str(out), model=model,
-                                 config=FitConfig(epochs=10, lr=2e-3, batch_size=8, device="cpu"), folds=2, dim=32,
+                                 config=FitConfig(epochs=6, lr=1e-2, batch_size=8, device="cpu"), folds=2, dim=16,
                                  dropout=0.0, val_fraction=0.0, n_resamples=20, log=lambda s: None)
     oof = res["oof"]
     rank = oof.groupby("fold")["risk"].rank(pct=True)  # folds' risk scales differ: pool within-fold ranks (as mil)
@@ -85,7 +85,7 @@ def test_signatures_in_mcat_layout_group_suffixed_columns(tmp_path):
         signature_groups(["TP53"], groups)
 
 
-def test_mil_train_runs_genomic_models_from_the_cli(cohort, tmp_path):
+def test_mil_train_runs_genomic_models_from_the_cli(cohort, tmp_path, capsys):
     from openmusk.cli import main
 
     recs = cohort["records"][:40]
@@ -105,3 +105,6 @@ def test_mil_train_runs_genomic_models_from_the_cli(cohort, tmp_path):
     metrics = yaml.safe_load((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["groups"] == {k: [f"G{i}_rnaseq" for i in idx] for k, idx in cohort["groups"].items()}
     assert len(metrics["summary"]["per_fold"]) == 2
+    # slide-only commands refuse a genomic run with a message naming the model
+    assert main(["mil", "predict", str(tmp_path / "out"), "--quiet"]) != 0
+    assert "does not support model 'cmta'" in capsys.readouterr().err

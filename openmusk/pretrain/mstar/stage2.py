@@ -130,21 +130,66 @@ def _plot(history: list[dict], path: Path) -> None:
     save_figure(fig, path, dpi=120)
 
 
+class _Step(nn.Module):
+    """One step's student forward (head over the encoder) on this rank's slides, as a module so that
+    DistributedDataParallel can wrap it; the loss is this rank's share of the global mean."""
+
+    def __init__(self, student: nn.Module, head: nn.Module, multiscale: bool, loss: str):
+        super().__init__()
+        self.student, self.head = student, head
+        self.multiscale, self.loss = multiscale, loss
+
+    def forward(self, tiles: list[torch.Tensor], targets: list[torch.Tensor], n_global: int, world: int) -> torch.Tensor:
+        """Sum of this rank's per-slide losses over the slides of the global batch, times the world size
+        (DDP averages gradients over ranks, so the gradient is that of the global mean)."""
+        if not tiles:  # a rank with no slide this step still joins the gradient all-reduce
+            return sum(p.sum() for p in self.parameters()) * 0.0
+        losses = [_loss(self.head(patch_features(self.student, t, self.multiscale)), y, self.loss)
+                  for t, y in zip(tiles, targets)]
+        return torch.stack(losses).sum() * (world / n_global)
+
+
+def _sync_failures(failed: dict[int, str], n_slides: int, device: torch.device) -> dict[int, str]:
+    """The slides whose tiles failed to read on any rank this step, with the reason, on every rank."""
+    from openmusk.core.dist import all_reduce_sum, world_size
+
+    if world_size() == 1:
+        return failed
+    mask = torch.zeros(n_slides, dtype=torch.int64, device=device)
+    mask[list(failed)] = 1
+    if not int(all_reduce_sum(mask).sum()):
+        return failed
+    import torch.distributed as dist
+
+    gathered: list[dict[int, str]] = [{} for _ in range(world_size())]
+    dist.all_gather_object(gathered, failed)
+    return {k: v for part in gathered for k, v in part.items()}
+
+
 def self_taught(cfg: SelfTaughtConfig, progress: bool = True) -> dict:
-    """Run stage 2 as configured; returns metrics (also in ``output_dir/metrics.json``)."""
+    """Run stage 2 as configured; returns metrics (also in ``output_dir/metrics.json``).
+
+    Under ``torchrun`` every rank draws the same ``slides_per_step`` slides and handles every
+    world-th of them (DistributedDataParallel); a slide whose tiles fail to read on any rank is
+    dropped on all ranks; only rank 0 writes files.
+    """
     from tqdm.auto import tqdm
 
     from openmusk.core.config import config_to_dict
+    from openmusk.core.dist import all_reduce_sum, barrier, init_distributed, is_main, rank, world_size
     from openmusk.core.optim import param_groups
     from openmusk.core.runtime import autocast, resolve_device, resolve_precision
     from openmusk.encoders import load_encoder
     from openmusk.mil.trainer import Optimization, load_resume, save_resume
     from openmusk.model import save_checkpoint
 
+    distributed = init_distributed()
+    world, me = world_size(), rank()
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)  # once, not per step
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if is_main():
+        out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     pre = MstarPretrained(cfg.stage1_dir, device=device)
     aggregator = pre.model.aggregator.eval().requires_grad_(False)
@@ -168,6 +213,7 @@ def self_taught(cfg: SelfTaughtConfig, progress: bool = True) -> dict:
     history: list[dict] = []
     start = 0
     resume_path = out / "resume.pt"
+    barrier()  # the output folder exists before any rank looks for a resume file
     state = load_resume(resume_path, device) if cfg.resume else None
     if state is not None:
         student.load_state_dict(state["student"])
@@ -175,48 +221,65 @@ def self_taught(cfg: SelfTaughtConfig, progress: bool = True) -> dict:
         head.load_state_dict(state["head"])
         opt.load_state_dict(state)
         start, history = int(state["step"]), list(state["history"])
+        problems, dropped = list(state.get("problems", problems)), set(state.get("dropped", []))
+    else:
+        dropped = set()
+    step_module: nn.Module = _Step(student, head, cfg.multiscale, cfg.loss)
+    if distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        step_module = DistributedDataParallel(step_module, find_unused_parameters=True,
+                                              device_ids=[device.index] if device.type == "cuda" else None)
     reader = _TileReader(cfg.img_size)
     window: list[float] = []
-    active = list(range(len(slides)))
+    active = [i for i in range(len(slides)) if i not in dropped]
     t0 = time.time()
 
     def save_state(step: int) -> None:
-        save_resume(resume_path, {"student": student.state_dict(), "teacher": teacher.state_dict(),
-                                  "head": head.state_dict(), **opt.state_dict(), "step": step, "history": history})
+        if is_main():
+            save_resume(resume_path, {"student": student.state_dict(), "teacher": teacher.state_dict(),
+                                      "head": head.state_dict(), **opt.state_dict(), "step": step,
+                                      "history": history, "problems": problems,
+                                      "dropped": sorted(set(range(len(slides))) - set(active))})
+        barrier()
 
-    bar = tqdm(range(start, cfg.steps), desc="stage 2 (self-taught)", disable=not progress)
+    bar = tqdm(range(start, cfg.steps), desc="stage 2 (self-taught)", disable=not (progress and is_main()))
     for step in bar:
         rng = np.random.default_rng([cfg.seed, step])
-        losses = []
-        for si in rng.choice(active, size=min(cfg.slides_per_step, len(active)), replace=False):
+        chosen = rng.choice(active, size=min(cfg.slides_per_step, len(active)), replace=False)
+        tiles, targets, failed = [], [], {}
+        for si in chosen[me::world]:  # this rank's share of the global batch
             slide = slides[si]
+            srng = np.random.default_rng([cfg.seed, step, int(si)])  # the same draw on whichever rank reads it
             n = len(slide.coords)
-            rows = rng.choice(n, size=min(cfg.patches_per_slide, n), replace=False)
+            rows = srng.choice(n, size=min(cfg.patches_per_slide, n), replace=False)
             others = np.setdiff1d(np.arange(n), rows)
-            ctx = np.sort(rng.choice(others, size=min(cfg.context_patches, len(others)), replace=False))
+            ctx = np.sort(srng.choice(others, size=min(cfg.context_patches, len(others)), replace=False))
             try:
-                tiles = reader(slide, rows).to(device)
+                t = reader(slide, rows).to(device)
             except (OSError, ValueError, RuntimeError) as e:  # unreadable region: drop the slide, go on
-                problems.append(f"{slide.case_id}: tile read failed at step {step} ({e}); slide dropped")
-                active.remove(si)
-                if not active:
-                    raise RuntimeError(f"every slide failed to read; problems: {problems}") from e
+                failed[int(si)] = f"{slide.case_id}: tile read failed at step {step} ({e}); slide dropped"
                 continue
             with torch.no_grad(), autocast(device, precision):
-                teach = patch_features(teacher, tiles, cfg.multiscale).float()
+                teach = patch_features(teacher, t, cfg.multiscale).float()
                 if len(ctx):
                     context = torch.from_numpy(read_feature_rows(slide.features, ctx)).to(device)
                     teach = torch.cat([teach, context])
-                target = aggregator_tokens(aggregator, teach)[:len(rows)]
-            with autocast(device, precision):
-                pred = head(patch_features(student, tiles, cfg.multiscale))
-            losses.append(_loss(pred, target, cfg.loss))
-        if not losses:
+                targets.append(aggregator_tokens(aggregator, teach)[:len(rows)])
+            tiles.append(t)
+        for si, why in sorted(_sync_failures(failed, len(slides), device).items()):
+            problems.append(why)
+            active.remove(si)
+        if not active:
+            raise RuntimeError(f"every slide failed to read; problems: {problems}")
+        n_global = int(all_reduce_sum(torch.tensor(len(tiles), device=device)))
+        if not n_global:
             continue
-        loss = torch.stack(losses).mean()
+        with autocast(device, precision):
+            loss = step_module(tiles, targets, n_global, world)
         opt.step(loss)
         ema_update(teacher, student, cfg.ema_momentum)
-        window.append(loss.item())
+        window.append(float(all_reduce_sum(loss.detach().float())) / world)
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             history.append({"step": step + 1, "loss": float(np.mean(window)), "seconds": time.time() - t0})
             bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
@@ -225,9 +288,11 @@ def self_taught(cfg: SelfTaughtConfig, progress: bool = True) -> dict:
             save_state(step + 1)
     save_state(cfg.steps)
     student.eval()
+    metrics = {"history": history, "problems": problems, "n_slides": len(active), "world_size": world}
+    if not is_main():
+        return metrics
     save_checkpoint(student, out / PATCH_ENCODER_WEIGHTS)
     write_json(out / "config.json", config_to_dict(cfg))
-    metrics = {"history": history, "problems": problems, "n_slides": len(active)}
     write_json(out / "metrics.json", metrics)
     if history:
         _plot(history, out / "training.png")
