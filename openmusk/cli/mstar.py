@@ -41,6 +41,8 @@ CONFIG is a YAML file with the keys of SelfTaughtConfig (`--example` prints them
 
 Writes OUTPUT_DIR/patch_encoder.safetensors, loadable with openmusk.load_checkpoint /
 `--weights`, plus metrics.json and training.png. Rerunning resumes from the last saved step.
+Multi-process: `torchrun --nproc_per_node N -m openmusk mstar self-taught CONFIG`; each process
+takes its share of the slides_per_step slides of every step, only rank 0 writes.
 """
 
 ZERO_SHOT_HELP = """\

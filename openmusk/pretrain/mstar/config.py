@@ -79,7 +79,7 @@ class SelfTaughtConfig:
     img_size: int = 384             # encoder input size (tiles are resized to it)
     patches_per_slide: int = 16     # tiles sampled per slide per step (memory bound)
     context_patches: int = 2048     # cached features of other patches given to the aggregator as context
-    slides_per_step: int = 2
+    slides_per_step: int = 2         # global: under torchrun each rank takes its share of them
     steps: int = 1000
     lr: float = 1e-5
     weight_decay: float = 0.05

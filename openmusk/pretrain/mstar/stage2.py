@@ -7,6 +7,7 @@ re-embeds that bag, and its output tokens for the sampled tiles are the targets.
 encoder, through a linear head, learns to reproduce them (cosine or smooth-L1 loss); the teacher
 follows the student by EMA. Memory is bounded by the tiles per step, not by slide size. The
 trained encoder is written with ``openmusk.model.save_checkpoint`` (loadable by ``load_checkpoint``).
+Under ``torchrun`` each rank takes its share of every step's slides (DistributedDataParallel).
 """
 from __future__ import annotations
 
@@ -139,7 +140,8 @@ class _Step(nn.Module):
         self.student, self.head = student, head
         self.multiscale, self.loss = multiscale, loss
 
-    def forward(self, tiles: list[torch.Tensor], targets: list[torch.Tensor], n_global: int, world: int) -> torch.Tensor:
+    def forward(self, tiles: list[torch.Tensor], targets: list[torch.Tensor], n_global: int,
+                world: int) -> torch.Tensor:
         """Sum of this rank's per-slide losses over the slides of the global batch, times the world size
         (DDP averages gradients over ranks, so the gradient is that of the global mean)."""
         if not tiles:  # a rank with no slide this step still joins the gradient all-reduce
