@@ -311,6 +311,7 @@ def patch_size_level0(attrs: Mapping[str, Any], level_downsamples: Sequence[floa
       level's downsample (its ``downsample`` attribute, else ``level_downsamples``), as CLAM's
       ``StitchCoords`` computes it.
     * TRIDENT without it: ``round(patch_size * level0_magnification / target_magnification)`` (its patcher).
+    * ``patch_size`` alone: a side at level 0 (CLAM's default ``patch_level``).
     * No attributes (CLAM's features files): the grid step of the coords, when they lie on a grid.
     """
     if "patch_size_level0" in attrs:
@@ -330,6 +331,8 @@ def patch_size_level0(attrs: Mapping[str, Any], level_downsamples: Sequence[floa
     if {"patch_size", "level0_magnification", "target_magnification"} <= set(attrs):
         return int(round(float(attrs["patch_size"]) * float(attrs["level0_magnification"])
                          / float(attrs["target_magnification"])))
+    if "patch_size" in attrs:  # no level given: a side at level 0, as CLAM's default patch_level
+        return int(attrs["patch_size"])
     if coords is not None and len(coords) > 1:
         steps = [np.diff(np.unique(np.asarray(coords)[:, i])) for i in (0, 1)]
         steps = [st[st > 0].min() for st in steps if (st > 0).any()]

@@ -349,17 +349,17 @@ def _slide_finder(config: MilConfig) -> Callable[[str], str | None]:
 
 def _tile_sizer(config: MilConfig) -> Callable[[str], int]:
     """slide id -> level-0 tile size: the config's, else the features file's coords attributes."""
-    from openmusk.data.features_h5 import read_coords_file
+    from openmusk.data.features_h5 import patch_size_level0, read_coords_file
 
     def size(slide_id: str) -> int:
         if config.tile_size:
             return int(config.tile_size)
         path = Path(config.features_dir) / f"{slide_id}.h5"
-        attrs = read_coords_file(path)[1]
-        for key in ("patch_size_level0", "patch_size"):
-            if key in attrs:
-                return int(attrs[key])
-        raise ValueError(f"{path}: coords have no 'patch_size_level0' attribute; set tile_size in the config")
+        coords, attrs = read_coords_file(path)
+        try:  # ours, TRIDENT's or CLAM's attributes (CLAM's patch_size is at its patch_level)
+            return patch_size_level0(attrs, coords=coords, where=path)
+        except ValueError as e:
+            raise ValueError(f"{e}; set tile_size in the config") from None
     return size
 
 

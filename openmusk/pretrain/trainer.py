@@ -170,6 +170,11 @@ class Trainer:
         """Restore every part of a checkpoint written by :meth:`save`."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
         state = torch_load(path, "pretraining checkpoint")
+        ranks = state.get("data_ranks")  # per-rank positions (they differ in per-shard mode)
+        if state["world_size"] != world_size() and ranks and any(r != ranks[0] for r in ranks):
+            raise ValueError(f"{path}: a per-shard (split: shards) run of {state['world_size']} processes "
+                             f"resumes only on {state['world_size']} processes, not {world_size()}: each "
+                             "rank's position is in its own shards")
         if state["world_size"] != world_size():
             print(f"resuming a {state['world_size']}-process run on {world_size()} processes: "
                   "model, optimiser and data position restored, RNG streams restarted")
@@ -177,7 +182,6 @@ class Trainer:
                        optim_state_dict=state["optimizer"],
                        options=StateDictOptions(full_state_dict=True))
         self.scheduler.load_state_dict(state["scheduler"])
-        ranks = state.get("data_ranks")  # per-rank positions (they differ in per-shard mode)
         same_world = state["world_size"] == world_size()
         self.loader.load_state_dict(ranks[rank()] if ranks and same_world else state["data"])
         self.step = int(state["step"])

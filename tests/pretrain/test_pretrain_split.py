@@ -71,3 +71,16 @@ def test_per_shard_resume_continues_each_rank_exactly(shards):
 def test_per_shard_mode_needs_a_shard_per_rank(shards):
     with pytest.raises(ValueError, match="at least one shard per rank"):
         ShardStream(shards, _decode, global_batch=8, rank=0, world=8, split="shards")
+
+
+def test_per_shard_checkpoint_refuses_another_world_size(tmp_path):
+    """Per-rank positions of a per-shard run cannot be mapped onto another number of processes."""
+    import types
+
+    from openmusk.pretrain.trainer import Trainer
+
+    path = tmp_path / "checkpoint.pt"
+    pos = [{"pairs": {"epoch": 0, "index": i}} for i in (3, 5)]
+    torch.save({"world_size": 2, "data_ranks": pos, "data": pos[0]}, path)
+    with pytest.raises(ValueError, match=r"checkpoint.pt: a per-shard .* resumes only on 2 processes, not 1"):
+        Trainer.load(types.SimpleNamespace(), path)

@@ -179,6 +179,7 @@ def test_heatmap_from_clam_made_features(tiff_40x: Path, tmp_path: Path) -> None
         f["coords"].attrs.update(patch_size=128, patch_level=1, name="s40")
     assert patch_size_level0({}, None, coords) == 512
     assert patch_size_level0({"patch_size": 128, "patch_level": 1}, (1.0, 4.0)) == 512
+    assert patch_size_level0({"patch_size": 256}, None, coords) == 256   # no level: a level-0 side, not the grid
     with pytest.raises(FeaturesFileError, match="need the slide's level downsamples"):
         patch_size_level0({"patch_size": 128, "patch_level": 1})
     png = heatmap_from_features(tiff_40x, bare, np.linspace(0, 1, 5), tmp_path / "bare.png", max_size=128)

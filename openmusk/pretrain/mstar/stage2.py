@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from openmusk.core.io import save_figure, write_json
-from openmusk.data.features_h5 import FeaturesFileError, features_shape, read_coords_file, read_feature_rows
+from openmusk.data.features_h5 import (FeaturesFileError, features_shape, patch_size_level0, read_coords_file,
+                                       read_feature_rows)
 from openmusk.pretrain.mstar.config import SelfTaughtConfig
 from openmusk.pretrain.mstar.model import MstarPretrained, aggregator_tokens
 
@@ -69,9 +70,10 @@ def load_slide_table(table: str | Path, feature_dim: int) -> tuple[list[SlideTil
         if shape[1] != feature_dim:
             problems.append(f"{where}: {feats} has {shape[1]}-d features; the aggregator expects {feature_dim}-d")
             continue
-        size0 = int(attrs.get("patch_size_level0", attrs.get("patch_size", 0)))
-        if size0 <= 0:
-            problems.append(f"{where}: {feats} coords have no 'patch_size_level0' attribute")
+        try:  # ours, TRIDENT's or CLAM's attributes (CLAM's patch_size is at its patch_level)
+            size0 = patch_size_level0(attrs, coords=coords, where=feats)
+        except ValueError as e:
+            problems.append(f"{where}: {e}")
             continue
         slides.append(SlideTiles(str(row.case_id), slide, feats, coords, size0))
     return slides, problems
