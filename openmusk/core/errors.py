@@ -42,7 +42,9 @@ def user_message(exc: BaseException) -> str | None:
         where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
         return f"{where}: {exc.strerror}"
     text = str(exc).strip() or type(exc).__name__
-    return " ".join(text.split()) if "\n" in text and len(text) < 400 else text.splitlines()[0]
+    # a short message folds into one line; a long one (e.g. every mismatched tensor of a checkpoint)
+    # keeps its lines, whose first names the culprit: details are never dropped
+    return " ".join(text.split()) if "\n" in text and len(text) < 400 else text
 
 
 def check_writable(path: str | os.PathLike, folder: bool) -> None:
