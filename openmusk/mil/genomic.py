@@ -121,6 +121,14 @@ class _BatchForward(nn.Module):
         return {"logits": self.hazard_logits(batch["features"], batch["omics"], batch.get("mask")),
                 "attention": None}
 
+    def _embedders(self, in_dim: int, groups: Mapping[str, Sequence[int]], dim: int, dropout: float) -> None:
+        """The co-attention models' shared inputs: a patch projection and one SNN per genomic group."""
+        self.group_names = list(groups)
+        self.group_index = [list(map(int, v)) for v in groups.values()]
+        self.n_omics = 1 + max(max(v) for v in self.group_index)
+        self.path_fc = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Dropout(dropout))
+        self.omic_nets = nn.ModuleList([SNNBlock(len(v), (dim, dim), dropout) for v in self.group_index])
+
 
 class MCAT(_BatchForward):
     """Multimodal co-attention transformer: genomic pathway tokens attend over the patch bag."""
@@ -128,11 +136,7 @@ class MCAT(_BatchForward):
     def __init__(self, in_dim: int, groups: Mapping[str, Sequence[int]], n_bins: int = 4, dim: int = 256,
                  heads: int = 4, depth: int = 2, dropout: float = 0.25):
         super().__init__()
-        self.group_names = list(groups)
-        self.group_index = [list(map(int, v)) for v in groups.values()]
-        self.n_omics = 1 + max(max(v) for v in self.group_index)
-        self.path_fc = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Dropout(dropout))
-        self.omic_nets = nn.ModuleList([SNNBlock(len(v), (dim, dim), dropout) for v in self.group_index])
+        self._embedders(in_dim, groups, dim, dropout)
         self.coattn = nn.MultiheadAttention(dim, heads, batch_first=True)
 
         def tfm() -> nn.TransformerEncoder:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openmusk.mil.genomic import GatedAttentionPool, SNNBlock, _BatchForward, _omics
+from openmusk.mil.genomic import GatedAttentionPool, _BatchForward, _omics
 from openmusk.mil.models import _PPEG, _as_batch, _TransLayer
 
 __all__ = ["uot_plan", "MOTCat", "CMTA"]
@@ -62,12 +62,8 @@ class MOTCat(_BatchForward):
                  heads: int = 4, depth: int = 2, dropout: float = 0.25, ot_reg: float = 0.1,
                  ot_tau: float = 0.5, micro_batch: int = 16384):
         super().__init__()
-        self.group_names = list(groups)
-        self.group_index = [list(map(int, v)) for v in groups.values()]
-        self.n_omics = 1 + max(max(v) for v in self.group_index)
+        self._embedders(in_dim, groups, dim, dropout)
         self.ot_reg, self.ot_tau, self.micro_batch = ot_reg, ot_tau, micro_batch
-        self.path_fc = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Dropout(dropout))
-        self.omic_nets = nn.ModuleList([SNNBlock(len(v), (dim, dim), dropout) for v in self.group_index])
         self.path_tfm, self.omic_tfm = (_transformer(dim, heads, depth, dropout) for _ in range(2))
         self.path_pool = GatedAttentionPool(dim, dim, dropout)
         self.omic_pool = GatedAttentionPool(dim, dim, dropout)
@@ -142,12 +138,8 @@ class CMTA(_BatchForward):
     def __init__(self, in_dim: int, groups: Mapping[str, Sequence[int]], n_bins: int = 4, dim: int = 256,
                  heads: int = 8, dropout: float = 0.25, alpha: float = 0.5):
         super().__init__()
-        self.group_names = list(groups)
-        self.group_index = [list(map(int, v)) for v in groups.values()]
-        self.n_omics = 1 + max(max(v) for v in self.group_index)
+        self._embedders(in_dim, groups, dim, dropout)
         self.alpha = alpha
-        self.path_fc = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Dropout(dropout))
-        self.omic_nets = nn.ModuleList([SNNBlock(len(v), (dim, dim), dropout) for v in self.group_index])
         self.path_encoder = _TokenEncoder(dim, heads, 0.1, positional=True)
         self.path_decoder = _TokenEncoder(dim, heads, 0.1, positional=True)
         self.omic_encoder = _TokenEncoder(dim, heads, 0.1, positional=False)

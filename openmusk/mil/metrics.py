@@ -8,12 +8,15 @@ scikit-learn, lifelines and scikit-survival); Kaplan-Meier, log-rank and Cox fit
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
 
 from openmusk.core.stats import Estimate, bootstrap_ci, mann_whitney
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["roc_auc", "auc_ci", "specificity_at_sensitivity", "balanced_accuracy", "harrell_c",
            "uno_c", "censoring_survival", "km_risk_groups", "cox_multivariable",
@@ -215,7 +218,7 @@ def km_risk_groups(times: Sequence[float], events: Sequence[int], risk: Sequence
 
 
 def cox_multivariable(times: Sequence[float], events: Sequence[int], risk: Sequence[float],
-                      covariates: "pd.DataFrame") -> dict:
+                      covariates: pd.DataFrame) -> dict:
     """Cox regression of the standardised risk score adjusted for clinical covariates.
 
     Categorical covariates are one-hot encoded (first level dropped). Returns per-term hazard

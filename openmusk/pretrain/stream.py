@@ -98,17 +98,8 @@ class ShardStream(IterableDataset):
     def samples(self, epoch: int) -> Iterator[dict]:
         """The global sample order of one epoch: shards permuted, then a seeded shuffle buffer."""
         rng = np.random.default_rng([self.seed, epoch, 7])
-        buffer: list[dict] = []
-        for i in rng.permutation(len(self.shards)):
-            for sample in iter_tar_samples(self.shards[i]):
-                if len(buffer) < self.shuffle_buffer:
-                    buffer.append(sample)
-                    continue
-                j = int(rng.integers(len(buffer)))
-                buffer[j], sample = sample, buffer[j]
-                yield sample
-        while buffer:
-            yield buffer.pop(int(rng.integers(len(buffer))))
+        order = [self.shards[i] for i in rng.permutation(len(self.shards))]
+        yield from _buffer_shuffle(order, rng, self.shuffle_buffer)
 
     def rank_shards(self, epoch: int) -> list[str]:
         """Per-shard mode: the shards this rank reads in ``epoch`` (disjoint across ranks)."""
@@ -118,17 +109,7 @@ class ShardStream(IterableDataset):
     def rank_samples(self, epoch: int) -> Iterator[dict]:
         """Per-shard mode: this rank's sample order of one epoch (its shards, its shuffle buffer)."""
         rng = np.random.default_rng([self.seed, epoch, 11, self.rank])
-        buffer: list[dict] = []
-        for shard in self.rank_shards(epoch):
-            for sample in iter_tar_samples(shard):
-                if len(buffer) < self.shuffle_buffer:
-                    buffer.append(sample)
-                    continue
-                j = int(rng.integers(len(buffer)))
-                buffer[j], sample = sample, buffer[j]
-                yield sample
-        while buffer:
-            yield buffer.pop(int(rng.integers(len(buffer))))
+        yield from _buffer_shuffle(self.rank_shards(epoch), rng, self.shuffle_buffer)
 
     def _decode_items(self, raw: list[tuple[int, int, dict]]) -> dict:
         """Per-shard mode: decode (epoch, index, sample) items of one local batch."""
@@ -267,3 +248,18 @@ class JointLoader:
     def close(self) -> None:
         """Stop worker processes."""
         self._iters = None
+
+
+def _buffer_shuffle(shards: list[str], rng: np.random.Generator, size: int) -> Iterator[dict]:
+    """The samples of ``shards`` in order, shuffled through a buffer of ``size`` (WebDataset's rule)."""
+    buffer: list[dict] = []
+    for shard in shards:
+        for sample in iter_tar_samples(shard):
+            if len(buffer) < size:
+                buffer.append(sample)
+                continue
+            j = int(rng.integers(len(buffer)))
+            buffer[j], sample = sample, buffer[j]
+            yield sample
+    while buffer:
+        yield buffer.pop(int(rng.integers(len(buffer))))
