@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from scipy.stats import rankdata
 
-from openmusk.core.stats import Estimate, bootstrap_ci, mann_whitney
+from openmusk.core.stats import Estimate, bootstrap_ci, mann_whitney, paired_permutation_test
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -284,6 +284,13 @@ def survival_metrics(times: Sequence[float], events: Sequence[int], risk: Sequen
     return out
 
 
-def compare_models(fold_metric_a: Sequence[float], fold_metric_b: Sequence[float]) -> dict:
-    """Two-sided Mann-Whitney U test of one metric between two models' cross-validation folds."""
-    return mann_whitney(fold_metric_a, fold_metric_b)
+def compare_models(fold_metric_a: Sequence[float], fold_metric_b: Sequence[float],
+                   test: str = "paired-permutation") -> dict:
+    """One metric of two models on the SAME cross-validation folds: an exact paired sign-flip test
+    (default: the folds are paired), or ``test="mann-whitney"``, the unpaired U test of old reports."""
+    if test == "mann-whitney":
+        return mann_whitney(fold_metric_a, fold_metric_b)
+    if test != "paired-permutation":
+        raise ValueError(f"compare_models: test must be 'paired-permutation' or 'mann-whitney', got {test!r}")
+    res = paired_permutation_test(fold_metric_a, fold_metric_b)
+    return {"test": test, "diff": float(res["diff"]), "p_value": float(res["pvalue"])}

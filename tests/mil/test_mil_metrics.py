@@ -142,11 +142,15 @@ def test_balanced_accuracy_against_sklearn():
 
 
 def test_compare_models_against_scipy():
-    from scipy.stats import mannwhitneyu
+    from scipy.stats import mannwhitneyu, permutation_test
 
-    a, b = [0.81, 0.84, 0.79, 0.86, 0.83], [0.71, 0.75, 0.70, 0.78, 0.72]
-    res = metrics.compare_models(a, b)
-    assert res["p_value"] == pytest.approx(mannwhitneyu(a, b).pvalue) and res["p_value"] < 0.05
+    a, b = [0.81, 0.84, 0.79, 0.86, 0.83, 0.80], [0.71, 0.75, 0.70, 0.78, 0.72, 0.81]
+    res = metrics.compare_models(a, b)   # paired folds: exact sign flips, as scipy's paired permutation
+    ref = permutation_test((a, b), lambda x, y: np.mean(np.subtract(x, y)), permutation_type="samples",
+                           n_resamples=np.inf)
+    assert res["p_value"] == pytest.approx(ref.pvalue) and res["diff"] == pytest.approx(np.mean(np.subtract(a, b)))
+    old = metrics.compare_models(a, b, test="mann-whitney")
+    assert old["p_value"] == pytest.approx(mannwhitneyu(a, b).pvalue)
 
 
 def test_survival_metrics_bundle(gbsg2):
