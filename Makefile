@@ -7,7 +7,6 @@ BIN := $(VENV)/bin
 # default index gives the CUDA build. Override with TORCH_INDEX=URL (or TORCH_INDEX= for the default).
 HAS_NVIDIA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 TORCH_INDEX ?= $(if $(HAS_NVIDIA),,https://download.pytorch.org/whl/cpu)
-TORCH_VERSION ?= 2.13.0
 
 .PHONY: setup demo test bench clean
 
@@ -17,8 +16,8 @@ $(BIN)/openmusk: pyproject.toml
 	@idx="$(TORCH_INDEX)"; \
 	if [ -n "$$idx" ] && ! $(PY) -c "import socket, sys, urllib.parse as u; socket.getaddrinfo(u.urlparse(sys.argv[1]).hostname, 443)" "$$idx" 2>/dev/null; then \
 	  echo "$$idx is unreachable (offline?): torch from pip's own configuration (its local wheels)"; idx=; fi; \
-	echo "torch $(TORCH_VERSION) from $${idx:-pip's configured index}"; \
-	$(BIN)/pip install -q $${idx:+--index-url $$idx} torch==$(TORCH_VERSION)
+	echo "torch 2.13.0 from $${idx:-pip's configured index}"; \
+	$(BIN)/pip install -q $${idx:+--index-url $$idx} torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 

@@ -129,6 +129,14 @@ class _BatchForward(nn.Module):
         self.path_fc = nn.Sequential(nn.Linear(in_dim, dim), nn.ReLU(), nn.Dropout(dropout))
         self.omic_nets = nn.ModuleList([SNNBlock(len(v), (dim, dim), dropout) for v in self.group_index])
 
+    def _embed(self, features: torch.Tensor, omics: torch.Tensor, mask: torch.Tensor | None):
+        """(patches, mask, projected patches (B, N, dim), one token per genomic group (B, G, dim))."""
+        x, mask = _as_batch(features, mask)
+        omics = _omics(omics, self.n_omics)
+        h_path = self.path_fc(x)   # before the genomic nets: the order their dropout draws in
+        h_omic = torch.stack([net(omics[:, idx]) for net, idx in zip(self.omic_nets, self.group_index)], dim=1)
+        return x, mask, h_path, h_omic
+
 
 class MCAT(_BatchForward):
     """Multimodal co-attention transformer: genomic pathway tokens attend over the patch bag."""
@@ -154,10 +162,7 @@ class MCAT(_BatchForward):
     def hazard_logits(self, features: torch.Tensor, omics: torch.Tensor,
                       mask: torch.Tensor | None = None) -> torch.Tensor:
         """Patch bag (B, N, D) + genomics (B, G) -> hazard logits (B, n_bins)."""
-        x, mask = _as_batch(features, mask)
-        omics = _omics(omics, self.n_omics)
-        h_path = self.path_fc(x)
-        h_omic = torch.stack([net(omics[:, idx]) for net, idx in zip(self.omic_nets, self.group_index)], dim=1)
+        x, mask, h_path, h_omic = self._embed(features, omics, mask)
         co, _ = self.coattn(h_omic, h_path, h_path, key_padding_mask=~mask, need_weights=False)
         p, _ = self.path_pool(self.path_tfm(co))
         g, _ = self.omic_pool(self.omic_tfm(h_omic))

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from openmusk.mil.genomic import GatedAttentionPool, _BatchForward, _omics
-from openmusk.mil.models import _PPEG, _as_batch, _TransLayer
+from openmusk.mil.genomic import GatedAttentionPool, _BatchForward
+from openmusk.mil.models import _PPEG, _TransLayer
 
 __all__ = ["uot_plan", "MOTCat", "CMTA"]
 
@@ -80,10 +80,7 @@ class MOTCat(_BatchForward):
     def hazard_logits(self, features: torch.Tensor, omics: torch.Tensor,
                       mask: torch.Tensor | None = None) -> torch.Tensor:
         """Patch bag (B, N, D) + genomics (B, G) -> hazard logits (B, n_bins)."""
-        x, mask = _as_batch(features, mask)
-        omics = _omics(omics, self.n_omics)
-        h_path = self.path_fc(x)
-        h_omic = torch.stack([net(omics[:, idx]) for net, idx in zip(self.omic_nets, self.group_index)], dim=1)
+        x, mask, h_path, h_omic = self._embed(features, omics, mask)
         co, owner, omic_rep = [], [], []
         for i in range(x.shape[0]):
             bag = h_path[i, mask[i]]
@@ -163,10 +160,7 @@ class CMTA(_BatchForward):
     def encode(self, features: torch.Tensor, omics: torch.Tensor,
                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Hazard logits (B, n_bins) and the mean alignment loss of the batch."""
-        x, mask = _as_batch(features, mask)
-        omics = _omics(omics, self.n_omics)
-        h_path = self.path_fc(x)
-        h_omic = torch.stack([net(omics[:, idx]) for net, idx in zip(self.omic_nets, self.group_index)], dim=1)
+        x, mask, h_path, h_omic = self._embed(features, omics, mask)
         if bool(mask.all()):  # no padding: the whole batch at once
             fused, align = self._one(h_path, h_omic)
             return self.classifier(fused), align

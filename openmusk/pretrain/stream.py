@@ -113,18 +113,22 @@ class ShardStream(IterableDataset):
 
     def _decode_items(self, raw: list[tuple[int, int, dict]]) -> dict:
         """Per-shard mode: decode (epoch, index, sample) items of one local batch."""
+        return self._decode_batch([(sample, [self.seed, epoch, idx, self.rank, 3]) for epoch, idx, sample in raw])
+
+    def _decode_batch(self, seeded: list[tuple[dict, list[int]]]) -> dict:
+        """Decode (sample, rng seed) pairs into one batch; an undecodable sample is reported on
+        stderr and replaced by a decoded one, so the batch keeps its size."""
         items, bad = [], []
-        for epoch, idx, sample in raw:
-            rng = np.random.default_rng([self.seed, epoch, idx, self.rank, 3])
+        for sample, seed in seeded:
             try:
-                items.append(self.decode(sample, rng))
+                items.append(self.decode(sample, np.random.default_rng(seed)))
             except Exception as e:  # noqa: BLE001 - any corrupt sample is skipped and reported
                 bad.append(sample)
                 print(f"{self.name}: skipped sample {sample.get('__key__')!r} of "
                       f"{sample.get('__shard__')}: {type(e).__name__}: {e}", file=sys.stderr)
         if not items:
-            raise ValueError(f"{self.name}: every sample of a local batch failed to decode: "
-                             f"{[s.get('__key__') for s in bad]}")
+            keys = [s.get("__key__") for s in bad]
+            raise ValueError(f"{self.name}: every sample of a local batch failed to decode: {keys}")
         items += [items[i % len(items)] for i in range(len(bad))]
         return collate(items)
 
@@ -157,20 +161,8 @@ class ShardStream(IterableDataset):
         """Decode this rank's samples of one global batch, replacing undecodable ones."""
         local = self.global_batch // self.world
         lo = self.rank * local
-        items, bad = [], []
-        for i, sample in enumerate(raw[lo:lo + local]):
-            rng = np.random.default_rng([self.seed, epoch, first_index + lo + i])
-            try:
-                items.append(self.decode(sample, rng))
-            except Exception as e:  # noqa: BLE001 - any corrupt sample is skipped and reported
-                bad.append(sample)
-                print(f"{self.name}: skipped sample {sample.get('__key__')!r} of "
-                      f"{sample.get('__shard__')}: {type(e).__name__}: {e}", file=sys.stderr)
-        if not items:
-            keys = [s.get("__key__") for s in bad]
-            raise ValueError(f"{self.name}: every sample of a local batch failed to decode: {keys}")
-        items += [items[i % len(items)] for i in range(len(bad))]
-        return collate(items)
+        return self._decode_batch([(sample, [self.seed, epoch, first_index + lo + i])
+                                   for i, sample in enumerate(raw[lo:lo + local])])
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()

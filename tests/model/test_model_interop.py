@@ -16,15 +16,6 @@ from openmusk.model.hub import parse_hub
 TINY = "musk_tiny_patch16_32"
 
 
-@pytest.fixture(scope="module")
-def tiny_file(tmp_path_factory) -> str:
-    """A tiny MUSK checkpoint in the released layout (random weights, seed 0)."""
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in openmusk.create_model(TINY).state_dict().items()}, str(path))
-    return str(path)
-
-
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """HF_HUB_OFFLINE=1 and a HOME with no authors' cache: nothing can come from elsewhere."""

@@ -18,17 +18,6 @@ from openmusk.model.timm_registry import TimmMusk, create_timm_model, register_t
 TINY = "musk_tiny_patch16_32"
 
 
-@pytest.fixture(scope="module")
-def tiny_file(tmp_path_factory) -> str:
-    """A tiny MUSK checkpoint in the released layout (random weights, seed 0)."""
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("w") / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in openmusk.create_model(TINY).state_dict().items()}, str(path))
-    return str(path)
-
-
 def test_timm_interface(tiny_file, monkeypatch):
     model = create_timm_model(TINY, pretrained=True, num_classes=0,
                               pretrained_cfg_overlay=dict(file=tiny_file))

@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import json
+import sys
 import math
 import random
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
+from make_pretrain_vectors import fill  # noqa: E402  (the one weights rule, shared with the vectors)
 
 from openmusk.model import Musk, MuskConfig
 from openmusk.pretrain.contrastive import ContrastiveAlignment
@@ -25,20 +28,6 @@ RTOL = 1e-5
 STAGE2_RENAME = {"beit3.": "model.beit3.", "vl_decoder.": "decoder.blocks.", "vision_head": "model.vision_head",
                  "language_head": "model.language_head", "logit_scale": "model.logit_scale"}
 STAGE2_UNUSED = ("mim_head.weight", "mim_head.bias")   # modeling_finetune.py:80, never used
-
-
-def fill(name: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """The weights rule of tools/make_pretrain_vectors.py (by tensor name)."""
-    g = torch.Generator().manual_seed(zlib.crc32(name.encode()))
-    u = torch.rand(shape, generator=g, dtype=torch.float64) - 0.5
-    if name == "logit_scale":
-        return torch.full(shape, math.log(1 / 0.07), dtype=torch.float64).float()
-    if len(shape) == 1 and name.endswith("weight"):
-        return (1 + 0.2 * u).float()
-    if len(shape) == 1:
-        return (0.1 * u).float()
-    fan_in = shape[-1] if len(shape) == 2 else int(np.prod(shape[1:]))
-    return (u * math.sqrt(12.0 / fan_in)).float()
 
 
 def load(name: str) -> tuple[dict[str, torch.Tensor], dict]:
