@@ -2,11 +2,12 @@
 CLS features for probes and slides, and the language side for texts."""
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Callable, Sequence
 
 import torch
 
-from openmusk.core.runtime import autocast, resolve_device, resolve_precision
+from openmusk.core.runtime import autocast, precision_dtype, resolve_device, resolve_precision
 from openmusk.encoders.base import check_kind, register_encoder
 
 __all__ = ["MuskEncoder", "MuskUint8Transform", "musk_encoder", "normalize_uint8"]
@@ -61,6 +62,12 @@ class MuskEncoder:
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(precision, self.device)
 
+    def _autocast(self):
+        """Autocast at the encoder's precision, or nothing when the model was already cast once to it."""
+        if getattr(self.model, "inference_dtype", None) == precision_dtype(self.precision):
+            return nullcontext()
+        return autocast(self.device, self.precision)
+
     @property
     def has_text(self) -> bool:
         """MUSK always has its language side."""
@@ -82,7 +89,7 @@ class MuskEncoder:
         """(B, D) head embeddings (``embed``) or (B, 2D | D) CLS features (``probe``), float32."""
         check_kind(kind)
         images = images.to(self.device, non_blocking=True)
-        with autocast(self.device, self.precision):
+        with self._autocast():
             if kind == "embed":
                 out = self.model.encode_image(images, head=True, normalize=normalize)
             else:
@@ -93,7 +100,7 @@ class MuskEncoder:
     @torch.no_grad()
     def encode_patches(self, images: torch.Tensor) -> torch.Tensor:
         """(B, P, D) patch tokens after the final LayerNorm, CLS dropped (e.g. a VQ-KD teacher), float32."""
-        with autocast(self.device, self.precision):
+        with self._autocast():
             return self.model.encode_image_tokens(images.to(self.device, non_blocking=True))[:, 1:].float()
 
     @torch.no_grad()
@@ -102,7 +109,7 @@ class MuskEncoder:
         combined (:func:`openmusk.text.report_embeddings`), never silently cut."""
         from openmusk.text.report import report_embeddings
 
-        with autocast(self.device, self.precision):
+        with self._autocast():
             return report_embeddings(self.model, self.tokenizer, list(texts), max_len=self.max_len).float()
 
 
