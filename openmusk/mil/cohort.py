@@ -194,23 +194,63 @@ def read_bag(feature_files: Sequence[str | os.PathLike], max_instances: int | No
     return np.concatenate(feats), np.concatenate(coords), np.concatenate(index)
 
 
+class _BagCache:
+    """Whole bags read once per process, keyed by their files' path, size and modification time;
+    the oldest bags are dropped when the budget would be exceeded (arrays are shared: collate copies)."""
+
+    def __init__(self) -> None:
+        self.bags: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.nbytes = 0
+
+    def get(self, files: Sequence[str | os.PathLike], budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The bag of ``files``, read on the first call (and again after a file changed)."""
+        key = tuple((os.fspath(p), st.st_size, st.st_mtime_ns) for p, st in ((p, os.stat(p)) for p in files))
+        if key in self.bags:
+            return self.bags[key]
+        bag = read_bag(files)
+        size = sum(a.nbytes for a in bag)
+        while self.bags and self.nbytes + size > budget:
+            old = self.bags.pop(next(iter(self.bags)))
+            self.nbytes -= sum(a.nbytes for a in old)
+        if size <= budget:
+            self.bags[key] = bag
+            self.nbytes += size
+        return bag
+
+
+_BAGS = _BagCache()
+
+
 class BagDataset(Dataset):
     """Patients as bag dicts: ``features`` (N, D) of all their slides, ``coords``, ``slide_index``,
     outcome fields, and the ``report`` embedding when given.
 
     ``reports`` (P, E) aligns with ``records``. ``max_instances`` draws a random subset of each bag
-    (training); ``bins`` gives the discrete-time interval of each patient (survival NLL).
+    (training); ``bins`` gives the discrete-time interval of each patient (survival NLL). Whole bags
+    are kept in memory after their first read, process-wide and keyed by the files' size and
+    modification time, while they fit in ``cache_bytes`` (every epoch and fold after the first then
+    reads nothing from disk); 0 turns the cache off.
     """
 
     def __init__(self, records: Sequence[PatientRecord], reports: np.ndarray | None = None,
                  bins: np.ndarray | None = None, max_instances: int | None = None,
-                 load_features: bool = True, seed: int | Sequence[int] = 0):
+                 load_features: bool = True, seed: int | Sequence[int] = 0, cache_bytes: int = 1 << 30):
         self.records = list(records)
         self.reports = None if reports is None else np.asarray(reports, np.float32)
         self.bins = bins
         self.max_instances = max_instances
         self.load_features = load_features
         self.rng = np.random.default_rng(seed)
+        self.cache_bytes = cache_bytes
+
+    def _bag(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Patient ``i``'s bag: a fresh random subset, or the whole bag (from memory when cached)."""
+        files = self.records[i].feature_files
+        if self.max_instances:
+            return read_bag(files, self.max_instances, self.rng)
+        if not self.cache_bytes:
+            return read_bag(files)
+        return _BAGS.get(files, self.cache_bytes)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -220,9 +260,8 @@ class BagDataset(Dataset):
         item: dict[str, Any] = {"id": rec.patient_id, "label": rec.label, "time": rec.time,
                                 "event": rec.event, "bin": -1 if self.bins is None else int(self.bins[i])}
         if self.load_features:
-            f, c, s = read_bag(rec.feature_files, self.max_instances, self.rng)
-            item.update(features=torch.from_numpy(f), coords=torch.from_numpy(c),
-                        slide_index=torch.from_numpy(s))
+            f, c, s = self._bag(i)
+            item.update(features=torch.from_numpy(f), coords=torch.from_numpy(c), slide_index=torch.from_numpy(s))
         if self.reports is not None:
             item["report"] = torch.from_numpy(self.reports[i])
         return item

@@ -6,7 +6,6 @@ import pytest
 import torch
 from lifelines.utils import concordance_index
 
-from openmusk.mil import cohort as cohort_module
 from openmusk.mil.genomic import MCAT, PORPOISE, cross_validate_genomic, pathway_groups
 from openmusk.mil.trainer import FitConfig
 from openmusk.pretrain.mstar.synthetic import make_genomic_survival_cohort
@@ -14,24 +13,9 @@ from openmusk.pretrain.mstar.synthetic import make_genomic_survival_cohort
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
-    """The synthetic cohort, its HDF5 bags read from disk once and then served from memory.
-
-    Each CV run reads every bag once per epoch; half its CPU time went to re-reading the same
-    unchanged files (the reader itself is tested in tests/data and tests/mil/test_e2e_cli.py).
-    """
-    data = make_genomic_survival_cohort(tmp_path_factory.mktemp("surv"), n_patients=200, n_genes=24,
+    """The synthetic cohort (BagDataset keeps each bag in memory after its first read)."""
+    return make_genomic_survival_cohort(tmp_path_factory.mktemp("surv"), n_patients=200, n_genes=24,
                                         n_groups=4, effect=2.0, seed=0)
-    read, cache = cohort_module.read_features, {}
-
-    def read_once(path):
-        if path not in cache:
-            cache[path] = read(path)
-        feats, coords, attrs = cache[path]
-        return feats.copy(), coords.copy(), dict(attrs)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cohort_module, "read_features", read_once)
-        yield data
 
 
 def _cv(cohort, model, out, omics=None):
