@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -55,6 +54,12 @@ def _torchrun(stage: str, cfg: Path, strategy_env: dict | None = None) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "openmusk", "pretrain", stage, str(cfg)]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0 and "exitcode: -6" in r.stderr:
+        # a rank aborted inside torch's gloo transport (seen once in ~10 full runs, never reproduced
+        # alone): say so, and rerun once, resuming from the run's own checkpoint
+        rank0 = [line for line in r.stderr.splitlines() if "[rank0]" in line][-20:]
+        print("torchrun: a rank aborted (SIGABRT); rerunning once\n" + "\n".join(rank0), file=sys.stderr)
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
